@@ -1,0 +1,133 @@
+"""The user-facing pipeline: trace -> analyze -> score -> plan -> rewrite -> verify.
+
+    small = fxprune.prune(model, criterion="graph", threshold=0.7)
+    small = fxprune.prune(model, criterion="l1", ratio=0.3, example_inputs=torch.randn(1, 3, 32, 32))
+
+The user's model is never modified: analysis and scoring run in eval mode without gradients, and the
+rewrite works on a deep copy.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from passes import criteria as _criteria
+from passes.dependency import Analysis, analyze as _analyze
+from passes.errors import PlanError
+from passes.plan import Plan, kept_from_plan, make_plan
+from passes.rewrite import rewrite as _rewrite
+from passes.select import resolve_ratios, select
+from passes.trace import trace as _trace
+from passes.verify import verify_against
+
+__all__ = ["analyze", "plan", "apply", "prune", "verify", "criteria", "register_criterion"]
+
+
+def analyze(model: nn.Module, example_inputs=None, *, leaf_modules: Iterable = (), strict: bool = False,
+            ignore: Sequence[str] = ()) -> Analysis:
+    """Trace ``model`` and find its channel groups; ``print()`` the result for a readable summary."""
+    gm, inputs = _trace(model, example_inputs, leaf_modules)
+    return _analyze(gm, inputs, strict=strict, ignore=tuple(ignore))
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+        raise PlanError(f"threshold must be a number in (0, 1] (the similarity above which filters are "
+                        f"redundant), got {threshold!r}")
+    return float(threshold)
+
+
+def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio: float | dict | None = None,
+         threshold: float | None = None, data: Iterable | None = None, round_to: int | None = None,
+         ignore: Sequence[str] = (), leaf_modules: Iterable = (), strict: bool = False,
+         **criterion_options) -> Plan:
+    """Decide which channels every group keeps.
+
+    criterion: a name from :func:`criteria` ("l1", "graph", ...). Budget: ``ratio`` (float, or a dict
+    {module glob: ratio}); for "graph" alone, ``threshold`` (default 0.7) decides the counts.
+    ``data``: calibration batches (inputs or (inputs, targets)) for data-driven criteria.
+    """
+    crit = _criteria.get(criterion)
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise PlanError(f"round_to must be a positive int, got {round_to!r}")
+    if threshold is not None:
+        _check_threshold(threshold)
+    if ratio is None and criterion != "graph":
+        raise PlanError(f"criterion {criterion!r} needs a budget: pass ratio=0.3 (or a dict of ratios)")
+    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules, strict=strict, ignore=ignore)
+    options = {"criterion": criterion, "threshold": threshold if threshold is not None else 0.7, **criterion_options}
+    ctx = _criteria.ScoringContext(analysis, data=data, options=options)
+    ratios = resolve_ratios(analysis, ratio) if ratio is not None else None
+    kept = select(analysis, crit, ctx, ratios, round_to)
+    record = {
+        "criterion": criterion,
+        "ratio": ratio,
+        "threshold": threshold if ratio is None else None,
+        "round_to": round_to,
+        "strict": strict,
+        "ignore": list(ignore),
+        "input_shape": [list(x.shape) for x in analysis.inputs],
+    }
+    return make_plan(analysis, kept, _json_safe(record))
+
+
+def _json_safe(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d, default=str))
+
+
+def apply(model: nn.Module, plan: Plan, example_inputs=None, *, leaf_modules: Iterable = ()) -> torch.fx.GraphModule:
+    """Rewrite ``model`` by ``plan`` into a new, smaller GraphModule (``model`` is not modified)."""
+    analysis = plan.analysis if plan.analysis is not None and _same_model(plan.analysis, model) else None
+    if analysis is None:
+        if example_inputs is None and plan.options.get("input_shape"):
+            example_inputs = tuple(torch.randn(*s) for s in plan.options["input_shape"])
+        analysis = analyze(model, example_inputs, leaf_modules=leaf_modules,
+                           strict=bool(plan.options.get("strict", False)))
+    kept = kept_from_plan(analysis, plan)
+    fresh_plan = make_plan(analysis, kept, plan.options)
+    if fresh_plan.modules != plan.modules:
+        raise PlanError("the plan's per-module channels do not match this model")
+    return _rewrite(analysis, kept, fresh_plan)
+
+
+def _same_model(analysis: Analysis, model: nn.Module) -> bool:
+    """The cached analysis belongs to ``model`` if the traced graph shares its parameters."""
+    mine = [p for p in model.parameters()]
+    traced = [p for p in analysis.gm.parameters()]
+    return len(mine) == len(traced) and all(a is b for a, b in zip(mine, traced))
+
+
+def prune(model: nn.Module, example_inputs=None, **kwargs) -> torch.fx.GraphModule:
+    """Plan and apply in one call; the plan is in ``small.meta["fxprune.plan"]``."""
+    p = plan(model, example_inputs, **kwargs)
+    return apply(model, p)
+
+
+def verify(original: nn.Module, small: torch.fx.GraphModule, example_inputs=None, rtol: float = 1e-5) -> float:
+    """Relative error of ``small`` against ``original`` with the removed channels masked out.
+
+    Raises VerificationError naming the first diverging module when it exceeds ``rtol``.
+    """
+    p = small.meta.get("fxprune.plan") if hasattr(small, "meta") else None
+    if p is None:
+        raise PlanError("this model has no fxprune plan (small.meta['fxprune.plan']); pass a model from fxprune.prune")
+    if example_inputs is None:
+        shapes = p.options.get("input_shape") or [[1, 3, 224, 224]]
+        example_inputs = tuple(torch.randn(*s) for s in shapes)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    return verify_against(original, small, p.modules, inputs, rtol)
+
+
+def criteria() -> list[str]:
+    """Names of the registered importance criteria."""
+    return _criteria.names()
+
+
+def register_criterion(name: str, fn) -> None:
+    """Add a criterion: ``fn(ctx, group) -> scores`` (higher = keep), see passes.criteria.base."""
+    _criteria.register(name, fn)

@@ -1,0 +1,178 @@
+"""What a criterion sees: the channel groups, their member layers, and calibration data.
+
+A criterion scores the classes of one group (higher = keep first). It never sees architecture
+names, only member layers. Two ways of scoring a coupled group are offered:
+
+* :meth:`ScoringContext.class_sum` adds each producing layer's per-filter score into the classes
+  its filters belong to (weight norms: a residual channel is as important as all its filters);
+* :meth:`ScoringContext.leader_first` takes, for every class, the score given by the first producer
+  in *leader order*: the producer that reads the earliest tensor (the stem or the projection conv
+  of a residual stage, the shortcut), then graph order. This is how the redundancy-graph seed
+  lets a stage's stream follow its stem or projection conv.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..dependency import Analysis, ChannelGroup, ModuleRole
+
+__all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion"]
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+@dataclass
+class Producer:
+    """A conv/linear layer whose output channels fall into a group's classes."""
+
+    role: ModuleRole
+    module: nn.Module
+    classes: np.ndarray  # class index of each output channel, -1 where not in this group
+
+
+@dataclass
+class ScoringContext:
+    analysis: Analysis
+    data: Iterable | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    _class_index: tuple[np.ndarray, np.ndarray] | None = None
+    _observed: dict[tuple[str, str], np.ndarray | torch.Tensor] = field(default_factory=dict)
+
+    # ---- group structure ------------------------------------------------------------------------
+    def class_index(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._class_index is None:
+            self._class_index = self.analysis.class_positions()
+        return self._class_index
+
+    def producers(self, group: ChannelGroup) -> list[Producer]:
+        """The group's producing layers in leader order."""
+        gid = self.analysis.groups.index(group)
+        gpos, cpos = self.class_index()
+        modules = dict(self.analysis.gm.named_modules())
+        out = []
+        for name, io in group.members:
+            role = self.analysis.roles.get(name)
+            if io != "out" or role is None or role.kind not in ("conv", "linear"):
+                continue
+            roots = self.analysis.roots(role.out_elems)
+            cls = np.where(gpos[roots] == gid, cpos[roots], -1)
+            out.append(Producer(role, modules[name], cls))
+        out.sort(key=lambda p: (p.role.input_order, p.role.order))
+        return out
+
+    def class_sum(self, group: ChannelGroup, per_channel: Callable[[nn.Module], np.ndarray]) -> np.ndarray:
+        scores = np.zeros(group.n_classes)
+        for p in self.producers(group):
+            s = np.asarray(per_channel(p.module), dtype=np.float64)
+            ok = p.classes >= 0
+            np.add.at(scores, p.classes[ok], s[ok])
+        return scores
+
+    def leader_first(self, group: ChannelGroup, per_producer: Callable[[Producer], np.ndarray]) -> np.ndarray:
+        scores = np.full(group.n_classes, np.nan)
+        for p in self.producers(group):
+            todo = p.classes >= 0
+            todo[todo] = np.isnan(scores[p.classes[todo]])
+            if not todo.any():
+                continue
+            s = np.asarray(per_producer(p), dtype=np.float64)
+            sums = np.zeros(group.n_classes)
+            np.add.at(sums, p.classes[todo], s[todo])
+            hit = np.unique(p.classes[todo])
+            scores[hit] = sums[hit]
+        return np.nan_to_num(scores, nan=-np.inf)
+
+    # ---- calibration data ---------------------------------------------------------------------
+    def batches(self, max_samples: int) -> Iterable[tuple]:
+        """Input batches from ``data`` (inputs, or (inputs, targets) pairs), up to max_samples images.
+
+        Without data, standard-normal inputs shaped like the example input stand in, with a
+        one-time warning: real images give the paper's method, noise gives a data-free proxy.
+        """
+        if self.data is None:
+            key = "no-data"
+            if key not in _warned:
+                _warned.add(key)
+                log.warning("no calibration data given (data=...): scoring feature maps of random inputs")
+            g = torch.Generator().manual_seed(int(self.options.get("seed", 0)))
+            x = self.analysis.inputs[0]
+            n = min(max_samples, int(self.options.get("synthetic_samples", 16)))
+            yield (torch.randn((n, *x.shape[1:]), generator=g, dtype=x.dtype),)
+            return
+        seen = 0
+        for batch in self.data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = x[: max_samples - seen]
+            seen += x.shape[0]
+            yield (x,)
+            if seen >= max_samples:
+                return
+
+    def observe(self, names: list[str], reducer: Callable[[torch.Tensor], Any], key: str,
+                max_samples: int) -> dict[str, Any]:
+        """Run the calibration data once and reduce each named module's output per batch.
+
+        Runs in eval mode without gradients, so the model's weights and statistics stay as they are.
+        """
+        missing = [n for n in names if (key, n) not in self._observed]
+        if missing:
+            self._collect(missing, reducer, key, max_samples)
+        return {n: self._observed[(key, n)] for n in names}
+
+    def _collect(self, names, reducer, key, max_samples) -> None:
+        gm = self.analysis.gm
+        parts: dict[str, list] = {n: [] for n in names}
+        handles = [gm.get_submodule(n).register_forward_hook(_reduce_into(parts[n], reducer)) for n in names]
+        was_training = gm.training
+        gm.eval()
+        try:
+            with torch.no_grad():
+                for batch in self.batches(max_samples):
+                    gm(*batch)
+        finally:
+            gm.train(was_training)
+            for h in handles:
+                h.remove()
+        for n in names:
+            vals = parts[n]
+            self._observed[(key, n)] = (
+                np.concatenate(vals) if isinstance(vals[0], np.ndarray) else torch.cat(vals)
+            )
+
+
+def _reduce_into(store: list, reducer):
+    def hook(_m, _args, out):
+        store.append(reducer(out.detach()))
+
+    return hook
+
+
+class Criterion:
+    """Scores a group's classes (higher = keep). ``decide`` may instead choose the kept classes."""
+
+    name = "criterion"
+
+    def score(self, ctx: ScoringContext, group: ChannelGroup) -> np.ndarray:
+        raise TypeError(f"criterion {self.name!r} does not score groups")
+
+    def decide(self, ctx: ScoringContext, group: ChannelGroup) -> np.ndarray | None:
+        return None
+
+
+class FunctionCriterion(Criterion):
+    """Wraps a user function ``fn(ctx, group) -> scores`` registered with register_criterion."""
+
+    def __init__(self, name: str, fn: Callable[[ScoringContext, ChannelGroup], np.ndarray]):
+        self.name = name
+        self.fn = fn
+
+    def score(self, ctx, group):
+        return np.asarray(self.fn(ctx, group), dtype=np.float64)

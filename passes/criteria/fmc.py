@@ -1,0 +1,185 @@
+"""FP-FMC scoring math: cluster each image's feature maps, score filters by a redundancy index.
+
+Pure array functions (spec ``algorithms.md`` §5); the lead wires them into channel groups. Input is
+T x N x H x W post-activation feature maps (T calibration images, N channels); output is a float64
+array of length N, **higher = keep** (= minus the redundancy index RI: low RI = less redundant).
+
+Decisions the seed code leaves open, fixed here (all deterministic under ``seed``):
+
+* **Seeds.** t-SNE and KMeans get a ``random_state`` derived from ``(seed, image index)``; KMeans
+  uses ``n_init=10``. t-SNE uses the spec's settings (2-D, ``perplexity=1``, learning_rate "auto",
+  random init), with the perplexity clipped below the number of channels.
+* **One embedding per image.** The seed runs t-SNE twice (step 0 to choose K, step 1 to cluster);
+  we embed once and cluster that embedding in both steps, so K is chosen on the points we cluster.
+* **K.** Candidates K = 2 .. K_max - 1 (spec §5.3: K_max = M // 2 if M >= 64 else M, M = inliers),
+  capped at ``max_k`` if given; layer K = most frequent per-image best K (ties -> smallest). An
+  image with fewer than 3 inliers has best K = 1. A fixed K (``k``) is clipped to each image's M.
+* **Outliers only.** The seed's RI gives -1 to the *lowest label* of image p, which is label 0 (an
+  arbitrary KMeans cluster) when p has no outliers. We do NOT reproduce that quirk: only real IQR
+  outliers (label -1) get -1. ``redundancy_index(..., legacy_first_label=True)`` restores it.
+* **Normalisation.** Each flattened map is divided by its own maximum; non-finite results (0/0, and
+  x/0 for maps that are not post-ReLU) become 0.
+
+RI needs at least two images (it sums over ordered image pairs); with one image every score is 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from passes.errors import PlanError
+
+__all__ = ["fmc_scores", "fmc_labels", "redundancy_index", "normalize_maps", "iqr_inliers"]
+
+_KMEANS_N_INIT = 10
+_IQR_FACTOR = 1.5
+_SEED_STREAM = {"tsne": 0, "kmeans": 1}
+
+
+def _as_float64(x) -> np.ndarray:
+    """Accept torch tensors (any device, requires_grad) or arrays; compute in float64."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _random_state(seed: int, image: int, stream: str) -> int:
+    """A 32-bit seed per (seed, image, tsne|kmeans), so images and tools draw independent streams."""
+    return int(np.random.SeedSequence([seed, image, _SEED_STREAM[stream]]).generate_state(1)[0])
+
+
+def normalize_maps(maps) -> np.ndarray:
+    """N x (H*W): every flattened map divided by its own max (spec §5.2); non-finite -> 0."""
+    flat = _as_float64(maps).reshape(len(maps), -1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = flat / flat.max(axis=1, keepdims=True)
+    out[~np.isfinite(out)] = 0.0
+    return out
+
+
+def _embed(x: np.ndarray, perplexity: float, random_state: int) -> np.ndarray:
+    """2-D t-SNE of the N maps; perplexity clipped below N as sklearn requires."""
+    from sklearn.manifold import TSNE
+
+    perp = min(perplexity, x.shape[0] - 1)
+    tsne = TSNE(n_components=2, perplexity=perp, learning_rate="auto", init="random",
+                random_state=random_state)
+    return tsne.fit_transform(x)
+
+
+def iqr_inliers(points: np.ndarray) -> np.ndarray:
+    """Mask of points inside (Q1 - 1.5 IQR, Q3 + 1.5 IQR) on every coordinate (spec §5.2)."""
+    q1, q3 = np.percentile(points, [25, 75], axis=0)
+    iqr = q3 - q1
+    lo, hi = q1 - _IQR_FACTOR * iqr, q3 + _IQR_FACTOR * iqr
+    return np.all((points >= lo) & (points <= hi), axis=1)
+
+
+def _kmeans(points: np.ndarray, k: int, random_state: int) -> np.ndarray:
+    """KMeans labels with K clipped to the number of points (K = 1 -> one cluster)."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    k = min(k, len(points))
+    if k <= 1:
+        return np.zeros(len(points), dtype=np.int64)
+    with warnings.catch_warnings():  # duplicate maps -> fewer distinct points than K: expected
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=k, n_init=_KMEANS_N_INIT, random_state=random_state)
+        return km.fit_predict(points).astype(np.int64)
+
+
+def _candidate_ks(m: int, max_k: int | None) -> range:
+    """Spec §5.3: K = 2 .. K_max - 1 with K_max = M // 2 if M >= 64 else M; optional cap."""
+    k_max = m // 2 if m >= 64 else m
+    top = k_max - 1 if max_k is None else min(k_max - 1, max_k)
+    return range(2, top + 1)
+
+
+def _best_k(points: np.ndarray, max_k: int | None, random_state: int, cache: dict) -> int:
+    """Per-image K with the highest silhouette (first on ties); fills ``cache[K] = labels``."""
+    from sklearn.metrics import silhouette_score
+
+    best_k, best = 1, -np.inf
+    for k in _candidate_ks(len(points), max_k):
+        labels = cache[k] = _kmeans(points, k, random_state)
+        n_labels = len(np.unique(labels))
+        if not 2 <= n_labels <= len(points) - 1:  # silhouette undefined
+            continue
+        score = silhouette_score(points, labels)
+        if score > best:
+            best_k, best = k, score
+    return best_k
+
+
+def fmc_labels(feature_maps, seed: int = 0, k: int | None = None, max_k: int | None = None,
+               perplexity: float = 1.0) -> tuple[np.ndarray, int]:
+    """Cluster labels (T x N, -1 = IQR outlier) and the layer's K (spec §5.2-§5.4).
+
+    ``feature_maps``: T x N x (spatial...) post-activation maps. ``k`` skips the K search.
+    """
+    maps = _as_float64(feature_maps)
+    if maps.ndim < 2:
+        raise PlanError(f"FP-FMC needs feature maps of shape T x N x ..., got {maps.shape}")
+    t, n = maps.shape[:2]
+    if k is not None and k < 1:
+        raise PlanError(f"k must be >= 1, got {k}")
+    labels = np.full((t, n), -1, dtype=np.int64)
+    if n < 2:
+        labels[:] = 0
+        return labels, 1
+    inliers, points, caches = [], [], []
+    for b in range(t):
+        y = _embed(normalize_maps(maps[b]), perplexity, _random_state(seed, b, "tsne"))
+        inliers.append(iqr_inliers(y))
+        points.append(y[inliers[-1]])
+        caches.append({})
+    if k is None:
+        best = [_best_k(p, max_k, _random_state(seed, b, "kmeans"), caches[b])
+                for b, p in enumerate(points)]
+        k = int(np.argmax(np.bincount(best)))  # mode over images, smallest K on ties
+    for b in range(t):
+        kb = min(k, len(points[b]))
+        found = caches[b].get(kb)
+        labels[b, inliers[b]] = found if found is not None else _kmeans(
+            points[b], kb, _random_state(seed, b, "kmeans"))
+    return labels, k
+
+
+def redundancy_index(labels, legacy_first_label: bool = False) -> np.ndarray:
+    """RI per filter from a T x N label matrix (spec §5.5), summed over ordered image pairs p != q.
+
+    For pair (p, q) and each label u of image p: m_u = max over labels v of p of |P_u & Q_v|, and a
+    member of P_u scores m_u if its label in q is one of the maximising v (else 0); outliers (-1)
+    score -1. Vectorised over q and over labels: one loop over p with a T x L x L overlap tensor.
+    ``legacy_first_label`` reproduces the seed quirk: the lowest label of p scores -1 even if >= 0.
+    """
+    lab = np.asarray(labels, dtype=np.int64)
+    t, n = lab.shape
+    values = np.unique(lab)
+    code = np.searchsorted(values, lab)  # labels -> 0..L-1 (code 0 is -1 when present)
+    onehot = np.eye(len(values), dtype=np.int64)[code]  # T x N x L
+    images = np.arange(t)[:, None]
+    ri = np.zeros(n)
+    for p in range(t):
+        present = onehot[p].any(axis=0)  # labels of image p: the only v allowed
+        overlap = np.einsum("il,qim->qlm", onehot[p], onehot)  # T x L x L: |P_u & Q_v|
+        overlap = np.where(present[None, None, :], overlap, -1)
+        best = overlap.max(axis=2)  # T x L: m_u
+        attains = overlap == best[:, :, None]  # T x L x L (absent v never attain: -1 < m_u)
+        u = code[p]
+        score = best[:, u] * attains[images, u[None, :], code]  # T x N: m_u if label in q attains
+        first = values[u] == -1 if not legacy_first_label else u == u.min()
+        score[:, first] = -1
+        score[p] = 0  # pairs need p != q
+        ri += score.sum(axis=0)
+    return ri
+
+
+def fmc_scores(feature_maps, seed: int = 0, k: int | None = None, max_k: int | None = None,
+               perplexity: float = 1.0) -> np.ndarray:
+    """FP-FMC importance of the N channels: -RI (higher = less redundant = keep first)."""
+    labels, _ = fmc_labels(feature_maps, seed=seed, k=k, max_k=max_k, perplexity=perplexity)
+    return -redundancy_index(labels)

@@ -1,0 +1,131 @@
+"""``graph`` (seed 000, redundancy-graph decomposition, Li et al. 2024), per spec §1.
+
+1. pHash of every feature map: 2-D DCT-II (no normalization), low-frequency k×k block (k = min(8, W)),
+   bit = coefficient ≥ block mean.
+2. Similarity of two channels = 1 − Hamming distance / (k²·T), averaged over T calibration images.
+   Vectorized: with 0/1 matrices X (channels × bits), Hamming(i, j) = |x_i| + |x_j| − 2 x_i·x_j, one
+   matrix product instead of the seed's double loop (same integers, so the same graph).
+3. Graph with an edge i<j when S_ij ≥ threshold; repeatedly take the maximum k-core, split it into
+   connected components, keep each component's largest-L1 filter (ties: lowest index) and drop the
+   rest, until no edge is left. The kept filters form an independent set of the graph.
+
+Feature maps are the producing conv's raw output (before BN), taken in eval mode (the seed leaves
+BN in training mode; eval mode keeps the user's running statistics untouched). A coupled group is
+hashed from its leader (see base.leader_first), e.g. a ResNet stage from its projection conv.
+Without ``data=`` the maps come from standard-normal inputs (warned once): a data-free proxy.
+"""
+from __future__ import annotations
+
+import igraph
+import numpy as np
+import scipy.fft
+import torch
+
+from . import register
+from .base import Criterion, Producer, ScoringContext
+from .l1 import filter_l1
+
+__all__ = ["phash_bits", "similarity", "decompose", "Graph"]
+
+DEFAULT_SAMPLES = 100
+
+
+def phash_bits(maps: torch.Tensor) -> np.ndarray:
+    """(T, C, H, W) feature maps -> (T, C, k*k) boolean perceptual hashes."""
+    x = maps.detach().cpu().numpy()
+    k = min(8, x.shape[-1])
+    d = scipy.fft.dct(scipy.fft.dct(x, type=2, axis=-2), type=2, axis=-1)
+    low = d[..., :k, :k]
+    bits = low >= low.mean(axis=(-2, -1), keepdims=True)
+    return bits.reshape(*x.shape[:2], k * k)
+
+
+def similarity(bits: np.ndarray) -> np.ndarray:
+    """(T, N, B) hashes -> N×N similarity, upper triangle only (i < j), as the seed stores it."""
+    t, n, b = bits.shape
+    x = bits.transpose(1, 0, 2).reshape(n, t * b).astype(np.float64)
+    ones = x.sum(1)
+    hamming = ones[:, None] + ones[None, :] - 2.0 * (x @ x.T)
+    return np.triu(1.0 - hamming / (b * t), 1)
+
+
+def decompose(sim: np.ndarray, l1: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Repeated max-k-core decomposition. Returns (kept indices ascending, removal round per filter;
+    -1 for kept filters)."""
+    n = len(l1)
+    rows, cols = np.nonzero(sim >= threshold)
+    g = igraph.Graph(n=n, edges=list(zip(rows.tolist(), cols.tolist())))
+    g.vs["name"] = list(range(n))
+    removed_at = np.full(n, -1)
+    rnd = 0
+    while g.ecount() > 0:
+        core = g.coreness()
+        kmax = max(core)
+        in_core = [v for v, c in enumerate(core) if c >= kmax]
+        sub = g.induced_subgraph(in_core)
+        drop = []
+        for comp in sub.connected_components():
+            ids = [sub.vs[v]["name"] for v in comp]
+            best = ids[int(np.argmax(l1[ids]))]
+            drop += [i for i in ids if i != best]
+        removed_at[drop] = rnd
+        g.delete_vertices([v.index for v in g.vs if v["name"] in set(drop)])
+        rnd += 1
+    return np.flatnonzero(removed_at < 0), removed_at
+
+
+class Graph(Criterion):
+    name = "graph"
+
+    def decide(self, ctx: ScoringContext, group):
+        kept, _ = self._run(ctx, group)
+        return kept
+
+    def score(self, ctx: ScoringContext, group):
+        """For ratio budgets: filters dropped in earlier rounds rank lower; L1 breaks ties."""
+        kept, removed_at = self._run(ctx, group)
+        l1 = self._class_l1(ctx, group)
+        rank = np.where(removed_at < 0, removed_at.max(initial=0) + 1, removed_at).astype(np.float64)
+        return rank + l1 / (np.abs(l1).max() + 1e-12) * 0.5
+
+    def _run(self, ctx: ScoringContext, group):
+        threshold = float(ctx.options.get("threshold", 0.7))
+        bits = self._class_bits(ctx, group)
+        l1 = self._class_l1(ctx, group)
+        sim = np.zeros((group.n_classes, group.n_classes))
+        for length in {b.shape[-1] for b in bits.values()}:
+            idx = np.array(sorted(c for c, b in bits.items() if b.shape[-1] == length))
+            block = np.stack([bits[c] for c in idx], axis=1)  # (T, n, B)
+            sim[np.ix_(idx, idx)] = similarity(block)
+        return decompose(sim, l1, threshold)
+
+    @staticmethod
+    def _class_l1(ctx, group) -> np.ndarray:
+        return ctx.leader_first(group, lambda p: filter_l1(p.module))
+
+    @staticmethod
+    def _class_bits(ctx: ScoringContext, group) -> dict[int, np.ndarray]:
+        """Per class, the hashes of its channels at the first producer (leader order) that writes it."""
+        producers = [p for p in ctx.producers(group) if _has_maps(ctx, p)]
+        samples = int(ctx.options.get("calibration_samples", DEFAULT_SAMPLES))
+        maps = ctx.observe([p.role.name for p in producers], phash_bits, "phash", samples)
+        bits: dict[int, list[np.ndarray]] = {}
+        owner: dict[int, str] = {}
+        for p in producers:
+            h = maps[p.role.name]
+            for ch, c in enumerate(p.classes.tolist()):
+                if c < 0 or owner.get(c, p.role.name) != p.role.name:
+                    continue
+                owner[c] = p.role.name
+                bits.setdefault(c, []).append(h[:, ch])
+        return {c: np.concatenate(v, axis=-1) for c, v in bits.items()}
+
+
+def _has_maps(ctx: ScoringContext, p: Producer) -> bool:
+    """Only producers with 2-D feature maps (N, C, H, W) have a perceptual hash."""
+    node = next(n for n in ctx.analysis.gm.graph.nodes if n.name == p.role.node)
+    shape = node.meta.get("fxprune.shape")
+    return shape is not None and len(shape) == 4
+
+
+register("graph", Graph())

@@ -1,0 +1,344 @@
+"""Dependency pass: find the groups of channels that must be pruned together.
+
+Walks the traced graph once, in order, asking :mod:`passes.op_rules` how every node maps channel
+elements from its inputs to its output (see :mod:`passes.layout`). Rules unite coupled elements
+(a residual add unites its operands' channels; a grouped conv unites each group's inputs and
+outputs). An op without a rule *freezes* every element it touches and records why: nothing is ever
+assumed element-wise. Channels that reach a graph output or come from a graph input are frozen too.
+
+Result: an :class:`Analysis` with the channel groups (connected sets of channel spaces), their
+classes (the units a plan keeps or drops), how every parameterized module reads and writes them,
+and the graph edits (shape constants, pads, split sizes, sliced attributes) a rewrite must make.
+
+    conv_a ──┐
+             add ── conv_c         groups: {conv_a.out, conv_b.out, conv_c.in}  (one residual stream)
+    conv_b ──┘
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from .errors import UnsupportedOpError
+from .layout import Layout, UnionFind  # noqa: F401
+from .trace import SHAPE, VALUE
+
+__all__ = ["analyze", "Analysis", "ChannelGroup", "ModuleRole", "FrozenReason", "Analyzer"]
+
+
+@dataclass(frozen=True)
+class FrozenReason:
+    """Why some channels cannot be pruned: the node, its op, and the reason."""
+
+    node: str
+    op: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.node} ({self.op}): {self.reason}"
+
+
+@dataclass
+class ModuleRole:
+    """How one parameterized module reads and writes channel elements.
+
+    kind: "conv" | "linear" | "norm" (per-channel parameters). ``in_elems`` index the module's input
+    channels (a Linear's input features), ``out_elems`` its output channels; None when it has none.
+    ``order`` is the module's first node position, ``input_order`` that of the node feeding it.
+    """
+
+    name: str
+    kind: str
+    in_elems: np.ndarray | None
+    out_elems: np.ndarray | None
+    order: int
+    input_order: int
+    node: str
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be pruned together, as ``n_classes`` keep-or-drop units."""
+
+    id: int
+    roots: np.ndarray
+    members: list[tuple[str, str]]
+    frozen: bool
+    reasons: list[FrozenReason] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.roots)
+
+    def __str__(self) -> str:
+        state = "FROZEN" if self.frozen else "prunable"
+        mem = ", ".join(f"{m}.{io}" for m, io in self.members[:6]) + (" ..." if len(self.members) > 6 else "")
+        why = "".join(f"\n      because {r}" for r in self.reasons[:3])
+        return f"group {self.id}: {self.n_classes} channels, {state}: {mem}{why}"
+
+
+@dataclass
+class Analysis:
+    """Everything the later passes need to know about a traced model's channels."""
+
+    gm: torch.fx.GraphModule
+    inputs: tuple
+    root_of: np.ndarray
+    group_of: np.ndarray
+    groups: list[ChannelGroup]
+    roles: dict[str, ModuleRole]
+    attr_slices: dict[str, tuple[int, np.ndarray]]
+    node_layouts: dict[str, Any]
+    shape_edits: dict[str, str]
+    pads: dict[str, tuple[np.ndarray, np.ndarray]]
+    frozen_reasons: list[FrozenReason]
+
+    def roots(self, elems: np.ndarray) -> np.ndarray:
+        return self.root_of[np.asarray(elems, dtype=np.int64)]
+
+    def class_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(group position, class position) of every class root, -1 for non-roots."""
+        gpos = np.full(len(self.root_of), -1, dtype=np.int64)
+        cpos = np.full(len(self.root_of), -1, dtype=np.int64)
+        for gi, g in enumerate(self.groups):
+            gpos[g.roots] = gi
+            cpos[g.roots] = np.arange(g.n_classes)
+        return gpos, cpos
+
+    def member_groups(self, name: str, io: str) -> list[int]:
+        return [i for i, g in enumerate(self.groups) if (name, io) in g.members]
+
+    def __str__(self) -> str:
+        prunable = [g for g in self.groups if not g.frozen]
+        frozen = [g for g in self.groups if g.frozen]
+        lines = [f"{len(self.groups)} channel groups: {len(prunable)} prunable, {len(frozen)} frozen"]
+        lines += ["  " + str(g) for g in self.groups]
+        return "\n".join(lines)
+
+
+Rule = Callable[["Analyzer", torch.fx.Node], Any]
+
+
+class Analyzer:
+    """The walk over the graph; rules call its helpers to read layouts and record facts."""
+
+    def __init__(self, gm: torch.fx.GraphModule, rules, strict: bool = False):
+        self.gm = gm
+        self.rules = rules
+        self.strict = strict
+        self.uf = UnionFind()
+        self.layouts: dict[torch.fx.Node, Any] = {}
+        self.roles: dict[str, ModuleRole] = {}
+        self.attr_slices: dict[str, tuple[int, np.ndarray]] = {}
+        self.shape_edits: dict[str, str] = {}
+        self.pads: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.frozen: list[tuple[np.ndarray, FrozenReason]] = []
+        self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.modules = dict(gm.named_modules())
+
+    # ---- reading the graph -------------------------------------------------------------------
+    def layout(self, arg: Any) -> Any:
+        return self.layouts.get(arg) if isinstance(arg, torch.fx.Node) else None
+
+    @staticmethod
+    def shape(node: torch.fx.Node) -> torch.Size | None:
+        s = node.meta.get(SHAPE)
+        return s if isinstance(s, torch.Size) else None
+
+    @staticmethod
+    def value(arg: Any) -> Any:
+        """The concrete value of an argument: literals as they are, non-tensor nodes from propagation."""
+        if isinstance(arg, torch.fx.Node):
+            return arg.meta.get(VALUE)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(Analyzer.value(a) for a in arg)
+        return arg
+
+    def module(self, node: torch.fx.Node) -> nn.Module:
+        return self.modules[node.target]
+
+    def tensor_inputs(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        return [a for a in node.all_input_nodes if a.meta.get(SHAPE) is not None]
+
+    # ---- recording facts ---------------------------------------------------------------------
+    def fresh(self, n: int, dim: int, ndim: int) -> Layout:
+        return Layout.along(self.uf.new_space(n), dim, ndim)
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.uf.union_arrays(np.asarray(a), np.asarray(b))
+
+    def freeze(self, elems: Any, node: torch.fx.Node, reason: str) -> None:
+        arr = _collect_elems(elems)
+        if arr.size:
+            self.frozen.append((arr, FrozenReason(node.name, describe(node), reason)))
+
+    def opaque(self, node: torch.fx.Node, reason: str) -> Any:
+        """No rule can follow channels through ``node``: freeze its inputs, give it frozen outputs."""
+        for a in node.all_input_nodes:
+            self.freeze(self.layouts.get(a), node, reason)
+        out = self.fresh_like(node.meta.get(SHAPE))
+        self.freeze(out, node, reason)
+        return out
+
+    def fresh_like(self, shape: Any) -> Any:
+        if isinstance(shape, torch.Size):
+            dim = 1 if len(shape) >= 2 else 0
+            return self.fresh(shape[dim] if len(shape) else 1, dim, max(len(shape), 1))
+        if isinstance(shape, (tuple, list)):
+            return tuple(self.fresh_like(s) for s in shape)
+        return None
+
+    def record_module(self, node: torch.fx.Node, kind: str, in_elems, out_elems) -> None:
+        """Remember how a module touches channels; a module called twice must agree with itself."""
+        name = node.target
+        known = self.roles.get(name)
+        if known is not None:
+            for old, new in ((known.in_elems, in_elems), (known.out_elems, out_elems)):
+                if old is not None and new is not None:
+                    self.unify(old, new)
+            return
+        src = node.all_input_nodes[0] if node.all_input_nodes else node
+        self.roles[name] = ModuleRole(
+            name, kind, in_elems, out_elems, self.position[node], self.position[src], node.name
+        )
+
+    def record_attr_slice(self, attr_node: torch.fx.Node, dim: int, elems: np.ndarray) -> None:
+        known = self.attr_slices.get(attr_node.target)
+        if known is not None:
+            if known[0] != dim or len(known[1]) != len(elems):
+                self.freeze(elems, attr_node, "parameter used along two different channel dims")
+                self.freeze(known[1], attr_node, "parameter used along two different channel dims")
+                return
+            self.unify(known[1], elems)
+            return
+        self.attr_slices[attr_node.target] = (dim, np.asarray(elems))
+
+    # ---- the walk ----------------------------------------------------------------------------
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            self.layouts[node] = self._visit(node)
+
+    def _visit(self, node: torch.fx.Node) -> Any:
+        if node.op == "placeholder":
+            out = self.fresh_like(node.meta.get(SHAPE))
+            self.freeze(out, node, "graph input: its channels are fixed by the caller")
+            return out
+        if node.op == "output":
+            for a in node.all_input_nodes:
+                self.freeze(self.layouts.get(a), node, "reaches the graph output")
+            return None
+        if node.op == "get_attr":
+            return None
+        rule = self.rules.lookup(self, node)
+        if rule is None:
+            if node.meta.get(SHAPE) is None and not any(self.layouts.get(a) for a in node.all_input_nodes):
+                return None  # pure Python arithmetic on sizes: nothing to follow
+            return self.opaque(node, "no dependency rule for this op")
+        return rule(self, node)
+
+
+def _collect_elems(x: Any) -> np.ndarray:
+    if x is None:
+        return np.zeros(0, dtype=np.int64)
+    if isinstance(x, Layout):
+        return x.all_elems()
+    if isinstance(x, np.ndarray):
+        return np.unique(x)
+    if isinstance(x, (tuple, list)):
+        parts = [_collect_elems(y) for y in x]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    return np.zeros(0, dtype=np.int64)
+
+
+def describe(node: torch.fx.Node) -> str:
+    """A short human name of a node's operation, e.g. ``call_function torch.cat``."""
+    t = node.target
+    if node.op == "call_function":
+        mod = getattr(t, "__module__", "") or ""
+        name = getattr(t, "__name__", str(t))
+        return f"{mod}.{name}" if mod not in ("", "_operator") else f"operator.{name}"
+    if node.op == "call_module":
+        return f"{t} ({type(node.graph.owning_module.get_submodule(t)).__name__})"
+    return f"{node.op} {t}"
+
+
+def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignore: tuple = ()) -> Analysis:
+    """Run the dependency pass over a traced, shape-propagated GraphModule."""
+    from . import op_rules
+
+    an = Analyzer(gm, op_rules.REGISTRY, strict=strict)
+    an.run()
+    root_of, group_of = an.uf.snapshot()
+    groups = _build_groups(an, root_of, group_of, ignore)
+    return Analysis(
+        gm=gm,
+        inputs=inputs,
+        root_of=root_of,
+        group_of=group_of,
+        groups=groups,
+        roles=an.roles,
+        attr_slices=an.attr_slices,
+        node_layouts={n.name: l for n, l in an.layouts.items()},
+        shape_edits=an.shape_edits,
+        pads=an.pads,
+        frozen_reasons=[r for _, r in an.frozen],
+    )
+
+
+def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignore: tuple) -> list[ChannelGroup]:
+    """Collect the connected channel spaces that some module reads or writes into groups."""
+    members: dict[int, list[tuple[str, str]]] = {}
+    roots: dict[int, list[np.ndarray]] = {}
+    producers: set[int] = set()
+
+    def touch(elems: np.ndarray | None, member: tuple[str, str], produces: bool) -> None:
+        if elems is None:
+            return
+        elems = np.asarray(elems, dtype=np.int64)
+        gids = group_of[elems]
+        for g in np.unique(gids).tolist():
+            lst = members.setdefault(g, [])
+            if member not in lst:
+                lst.append(member)
+            roots.setdefault(g, []).append(root_of[elems[gids == g]])
+            if produces:
+                producers.add(g)
+
+    for role in an.roles.values():
+        touch(role.in_elems, (role.name, "in"), False)
+        touch(role.out_elems, (role.name, "out"), role.kind in ("conv", "linear"))
+    for target, (_, elems) in an.attr_slices.items():
+        touch(elems, (target, "attr"), False)
+
+    frozen_by_group: dict[int, list[FrozenReason]] = {}
+    for elems, reason in an.frozen:
+        for g in np.unique(group_of[elems]).tolist():
+            lst = frozen_by_group.setdefault(g, [])
+            if reason not in lst:
+                lst.append(reason)
+
+    groups = []
+    class_roots = {g: np.unique(np.concatenate(r)) for g, r in roots.items()}
+    for g in sorted(members, key=lambda g: class_roots[g][0]):
+        reasons = list(frozen_by_group.get(g, []))
+        if g not in producers:
+            reasons.append(FrozenReason("-", "-", "no conv or linear layer produces these channels"))
+        for name, _ in members[g]:
+            if any(_matches(name, pat) for pat in ignore):
+                reasons.append(FrozenReason(name, "ignore", "module listed in ignore="))
+        groups.append(
+            ChannelGroup(id=len(groups), roots=class_roots[g], members=members[g], frozen=bool(reasons), reasons=reasons)
+        )
+    return groups
+
+
+def _matches(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)

@@ -1,0 +1,23 @@
+"""One error hierarchy, so callers can catch fxprune's failures without catching torch's."""
+
+__all__ = ["FxPruneError", "UntraceableModelError", "UnsupportedOpError", "PlanError", "VerificationError"]
+
+
+class FxPruneError(Exception):
+    """Base class of every error fxprune raises on purpose."""
+
+
+class UntraceableModelError(FxPruneError):
+    """torch.fx could not trace the model (names the module and the source line)."""
+
+
+class UnsupportedOpError(FxPruneError):
+    """An operation the dependency analysis has no rule for was asked to be pruned."""
+
+
+class PlanError(FxPruneError, ValueError):
+    """A plan or a budget does not fit the model (bad ratio, conflicting keys, mismatched plan)."""
+
+
+class VerificationError(FxPruneError, AssertionError):
+    """The compact model does not compute what the masked original computes."""

@@ -1,0 +1,621 @@
+"""Per-op dependency rules, keyed by module type, function target or method name.
+
+A rule reads its inputs' layouts (:mod:`passes.layout`), records what it learns on the
+:class:`~passes.dependency.Analyzer` (unions, module roles, frozen channels, graph edits) and
+returns its output layout. Rules are general: no rule looks at a module's name or at the ops around
+it. Kinds of rule:
+
+* *produce*: conv and linear create fresh channel elements (grouped convs also unite each group);
+* *pass through*: element-wise and spatial ops return their input's layout;
+* *unify*: add/mul/cat-on-another-dim unite their operands' elements position by position;
+* *concatenate*: cat on the channel dim joins the operands' element lists;
+* *reshape*: view/permute/flatten/getitem/... run the op itself on the layout array;
+* *block*: anything that mixes channels (a softmax over them, a sum, an unknown op) freezes them.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from .layout import Layout
+
+__all__ = ["REGISTRY", "RuleRegistry"]
+
+
+class RuleRegistry:
+    """Rules by module type (most specific class wins), by function object, and by method name."""
+
+    def __init__(self) -> None:
+        self.modules: dict[type, Callable] = {}
+        self.functions: dict[Any, Callable] = {}
+        self.methods: dict[str, Callable] = {}
+
+    def module(self, *types: type):
+        return self._register(self.modules, types)
+
+    def function(self, *targets: Any):
+        return self._register(self.functions, targets)
+
+    def method(self, *names: str):
+        return self._register(self.methods, names)
+
+    @staticmethod
+    def _register(table: dict, keys: tuple):
+        def deco(fn):
+            for k in keys:
+                table[k] = fn
+            return fn
+
+        return deco
+
+    def lookup(self, an, node: torch.fx.Node) -> Callable | None:
+        if node.op == "call_module":
+            for cls in type(an.module(node)).__mro__:
+                if cls in self.modules:
+                    return self.modules[cls]
+            return None
+        if node.op == "call_function":
+            try:
+                return self.functions.get(node.target)
+            except TypeError:  # unhashable target
+                return None
+        if node.op == "call_method":
+            return self.methods.get(node.target)
+        return None
+
+
+REGISTRY = RuleRegistry()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the rules
+# ---------------------------------------------------------------------------------------------
+def _first_tensor(an, node: torch.fx.Node) -> torch.fx.Node | None:
+    for a in list(node.args) + list(node.kwargs.values()):
+        if isinstance(a, torch.fx.Node) and an.shape(a) is not None:
+            return a
+    return None
+
+
+def _arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _norm_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+def _channel_elems(an, node: torch.fx.Node, src: torch.fx.Node, dim: int, why: str) -> np.ndarray | None:
+    """Elements along ``dim`` of ``src``; freezes them (and returns None) if the layout is not that simple."""
+    lay = an.layout(src)
+    shape = an.shape(src)
+    if lay is None or shape is None:
+        return None
+    elems = lay.elems_along(_norm_dim(dim, len(shape)), shape) if isinstance(lay, Layout) else None
+    if elems is None:
+        an.freeze(lay, node, why)
+    return elems
+
+
+# ---------------------------------------------------------------------------------------------
+# produce: convolutions and linear layers
+# ---------------------------------------------------------------------------------------------
+@REGISTRY.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv_rule(an, node):
+    """Plain conv: new output elements. Grouped/depthwise conv: group g's inputs and outputs are
+    pruned as one unit (whole groups are removed), so the layer stays a valid grouped conv."""
+    conv = an.module(node)
+    shape = an.shape(node)
+    src = node.args[0]
+    in_elems = _channel_elems(an, node, src, 1, "conv input channels are not a simple channel axis")
+    out = an.fresh(conv.out_channels, 1, len(shape))
+    out_elems = out.index.reshape(-1)
+    if conv.groups > 1:
+        if in_elems is None:
+            an.freeze(out, node, "grouped conv whose input channels cannot be followed")
+        else:
+            _unite_conv_groups(an, conv, in_elems, out_elems)
+    an.record_module(node, "conv", in_elems, out_elems)
+    return out
+
+
+def _unite_conv_groups(an, conv, in_elems: np.ndarray, out_elems: np.ndarray) -> None:
+    g = conv.groups
+    ins = in_elems.reshape(g, -1)
+    outs = out_elems.reshape(g, -1)
+    for i in range(g):
+        unit = np.concatenate([ins[i], outs[i]])
+        an.unify(unit[:1].repeat(len(unit) - 1), unit[1:])
+
+
+@REGISTRY.module(nn.Linear)
+def linear_rule(an, node):
+    lin = an.module(node)
+    shape = an.shape(node)
+    in_elems = _channel_elems(an, node, node.args[0], -1, "linear input features are not a simple axis")
+    out = an.fresh(lin.out_features, len(shape) - 1, len(shape))
+    an.record_module(node, "linear", in_elems, out.index.reshape(-1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# per-channel parameters: batch norm and friends
+# ---------------------------------------------------------------------------------------------
+@REGISTRY.module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                 nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+def batchnorm_rule(an, node):
+    src = node.args[0]
+    elems = _channel_elems(an, node, src, 1, "normalized channels are not a simple channel axis")
+    if elems is not None:
+        an.record_module(node, "norm", None, elems)
+    return an.layout(src)
+
+
+@REGISTRY.module(nn.GroupNorm)
+def groupnorm_rule(an, node):
+    gn = an.module(node)
+    if gn.num_groups == gn.num_channels:
+        return batchnorm_rule(an, node)
+    an.freeze(an.layout(node.args[0]), node, "GroupNorm mixes the channels of a group")
+    if gn.affine:
+        elems = _channel_elems(an, node, node.args[0], 1, "GroupNorm input")
+        if elems is not None:
+            an.record_module(node, "norm", None, elems)
+    return an.layout(node.args[0])
+
+
+@REGISTRY.module(nn.LayerNorm)
+def layernorm_rule(an, node):
+    """LayerNorm over the channel axis mixes channels: masking is not equivalent to removing.
+    ``strict=True`` freezes such groups; by default they are pruned and the norm is sliced."""
+    ln = an.module(node)
+    src = node.args[0]
+    lay, shape = an.layout(src), an.shape(src)
+    nd = len(ln.normalized_shape)
+    tracked = [d for d in (lay.varying_dims() if isinstance(lay, Layout) else [])]
+    if lay is None or not tracked:
+        return lay
+    if nd != 1 or tracked != [len(shape) - 1]:
+        an.freeze(lay, node, "LayerNorm over several dims including channels")
+        return lay
+    elems = lay.index.reshape(-1)
+    if an.strict:
+        an.freeze(elems, node, "LayerNorm mixes channels (strict=True)")
+    if ln.elementwise_affine:
+        an.record_module(node, "norm", None, elems)
+    return lay
+
+
+# ---------------------------------------------------------------------------------------------
+# pass through: element-wise and spatial ops
+# ---------------------------------------------------------------------------------------------
+ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+SPATIAL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+)
+ELEMENTWISE_FUNCTIONS = (
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.sigmoid,
+    F.tanh, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt,
+    torch.clamp, torch.clone, torch.nn.functional.alpha_dropout, operator.neg, torch.erf,
+)
+ELEMENTWISE_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clone", "contiguous", "exp",
+    "abs", "neg", "sqrt", "float", "half", "to", "type_as", "detach", "mul_scalar", "erf", "__neg__",
+)
+SPATIAL_FUNCTIONS = (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.upsample,
+    torch.max_pool2d, torch.avg_pool1d, torch.adaptive_avg_pool1d,
+)
+
+
+def _stochastic_depth_targets() -> tuple:
+    try:
+        import importlib
+
+        sd_mod = importlib.import_module("torchvision.ops.stochastic_depth")
+    except ImportError:  # torchvision is optional for the analysis itself
+        return ()
+    return (sd_mod.stochastic_depth,)
+
+
+@REGISTRY.module(*ELEMENTWISE_MODULES)
+@REGISTRY.function(*ELEMENTWISE_FUNCTIONS, *_stochastic_depth_targets())
+@REGISTRY.method(*ELEMENTWISE_METHODS)
+def elementwise_rule(an, node):
+    """Output channel c depends on input channel c only, on any axis."""
+    src = _first_tensor(an, node)
+    return an.layout(src) if src is not None else None
+
+
+@REGISTRY.module(*SPATIAL_MODULES)
+@REGISTRY.function(*SPATIAL_FUNCTIONS)
+def spatial_rule(an, node):
+    """Pooling and resizing act on dims 2+ of an (N, C, ...) tensor: channels pass through."""
+    src = _first_tensor(an, node)
+    lay = an.layout(src)
+    if lay is None:
+        return None
+    out_shape = node.meta.get("fxprune.shape")
+    if isinstance(out_shape, tuple) and not isinstance(out_shape, torch.Size):  # (values, indices)
+        return tuple(_spatial_layout(an, node, lay) for _ in out_shape)
+    return _spatial_layout(an, node, lay)
+
+
+def _spatial_layout(an, node, lay: Layout) -> Layout:
+    if any(d >= 2 for d in lay.varying_dims()):
+        return an.opaque(node, "pooling over an axis that carries channels")
+    return lay
+
+
+# ---------------------------------------------------------------------------------------------
+# unify: element-wise binary ops with broadcasting
+# ---------------------------------------------------------------------------------------------
+@REGISTRY.function(operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
+                   operator.isub, operator.imul, torch.add, torch.sub, torch.mul, torch.div,
+                   torch.maximum, torch.minimum, torch.where)
+@REGISTRY.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__")
+def binary_rule(an, node):
+    """Operands broadcast against each other; channels at the same output position are united.
+
+    An SE block's ``x * scale`` (scale of shape N,C,1,1) unites the scale's producer with x's
+    channels. A parameter operand (``get_attr``, e.g. a layer scale) is sliced along with them.
+    """
+    out_shape = an.shape(node)
+    if out_shape is None:
+        return None
+    nd = len(out_shape)
+    tracked: list[Layout] = []
+    constants: list[torch.fx.Node] = []
+    for a in list(node.args) + list(node.kwargs.values()):
+        if not isinstance(a, torch.fx.Node) or an.shape(a) is None:
+            continue
+        lay = an.layout(a)
+        if lay is None:
+            constants.append(a)
+            continue
+        tracked.append(_align(lay, nd))
+    if not tracked:
+        return None
+    out_index = _broadcast_union(an, node, tracked)
+    if out_index is None:
+        return an.opaque(node, "operands carry channels along different axes")
+    out = Layout.compress(torch.from_numpy(np.ascontiguousarray(out_index)))
+    for c in constants:
+        _bind_constant(an, node, c, out, out_shape)
+    return out
+
+
+def _align(lay: Layout, nd: int) -> Layout:
+    """Prepend size-1 dims, as broadcasting does."""
+    extra = nd - lay.ndim
+    return Layout(lay.index.reshape((1,) * extra + lay.index.shape)) if extra > 0 else lay
+
+
+def _broadcast_union(an, node, layouts: list[Layout]) -> np.ndarray | None:
+    """Unite elements that meet at the same output position; None if the axes disagree."""
+    dims = {tuple(l.varying_dims()) for l in layouts if l.varying_dims()}
+    if len(dims) > 1:
+        return None
+    full = [l for l in layouts if l.varying_dims()]
+    if not full:
+        base = layouts[0].index
+        for other in layouts[1:]:
+            an.unify(base.reshape(-1), other.index.reshape(-1))
+        return base
+    base = full[0].index
+    for other in full[1:]:
+        if other.index.shape != base.shape:
+            return None
+        an.unify(base, other.index)
+    for scalar in (l for l in layouts if not l.varying_dims()):
+        # A single-channel operand broadcast over many channels: it may not be pruned away.
+        an.freeze(scalar, node, "single channel broadcast across channels")
+    return base
+
+
+def _bind_constant(an, node, const: torch.fx.Node, out: Layout, out_shape) -> None:
+    """A tensor operand without channel tracking: slice it if it is a parameter, else freeze."""
+    cshape = an.shape(const)
+    cnd = len(cshape)
+    offset = len(out_shape) - cnd
+    for d in out.varying_dims():
+        cd = d - offset
+        if cd < 0 or cshape[cd] == 1:
+            continue
+        if const.op == "get_attr":
+            an.record_attr_slice(const, cd, out.index.reshape(-1))
+        else:
+            an.freeze(out, node, f"operand {const.name} is a computed constant spanning the channels")
+
+
+# ---------------------------------------------------------------------------------------------
+# concatenate
+# ---------------------------------------------------------------------------------------------
+@REGISTRY.function(torch.cat, torch.concat, torch.concatenate)
+def cat_rule(an, node):
+    """cat on the channel axis joins element lists (DenseNet, inception); on another axis it unites them."""
+    tensors = _arg(node, 0, "tensors")
+    dim = _arg(node, 1, "dim", 0)
+    out_shape = an.shape(node)
+    nd = len(out_shape)
+    dim = _norm_dim(an.value(dim), nd)
+    layouts = [an.layout(t) for t in tensors]
+    if any(l is None for l in layouts):
+        return _cat_with_constants(an, node, tensors, layouts, dim)
+    if all(l.elems_along(dim, an.shape(t)) is not None for l, t in zip(layouts, tensors)):
+        elems = np.concatenate([l.elems_along(dim, an.shape(t)) for l, t in zip(layouts, tensors)])
+        return Layout.along(elems, dim, nd)
+    if all(dim not in l.varying_dims() for l in layouts):
+        out = _broadcast_union(an, node, layouts)
+        if out is not None:
+            return Layout(out)
+    return an.opaque(node, "concatenation mixes channel axes")
+
+
+def _cat_with_constants(an, node, tensors, layouts, dim):
+    tracked = [l for l in layouts if l is not None]
+    if not tracked or any(dim in l.varying_dims() for l in tracked):
+        return an.opaque(node, "concatenation of channels with untracked tensors")
+    out = _broadcast_union(an, node, tracked)
+    if out is None:
+        return an.opaque(node, "concatenation mixes channel axes")
+    lay = Layout(out)
+    for t, l in zip(tensors, layouts):
+        if l is None:
+            _bind_constant(an, node, _through_expand(t), lay, an.shape(node))
+    return lay
+
+
+def _through_expand(t: torch.fx.Node) -> torch.fx.Node:
+    """``param.expand(N, -1, -1)`` feeds the parameter itself to a cat (a class token)."""
+    while t.op == "call_method" and t.target == "expand" and isinstance(t.args[0], torch.fx.Node):
+        t = t.args[0]
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# reshape: run the op on the layout array
+# ---------------------------------------------------------------------------------------------
+LAYOUT_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand",
+                  "unflatten", "movedim", "t", "swapaxes", "expand_as", "view_as", "reshape_as")
+LAYOUT_FUNCTIONS = (torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze,
+                    torch.squeeze, torch.movedim, torch.t, torch.swapaxes)
+RESHAPES_WITH_SIZES = ("view", "reshape", "expand")
+
+
+@REGISTRY.module(nn.Flatten, nn.Unflatten)
+@REGISTRY.function(*LAYOUT_FUNCTIONS)
+@REGISTRY.method(*LAYOUT_METHODS)
+def reshape_rule(an, node):
+    """Follow channels through any data movement by applying the op to the layout itself.
+
+    When a view splits the channel axis into several axes (channel shuffle: C -> (g, C/g)), the
+    channels at the same inner index of every outer slice are united, so pruning keeps the split even.
+    """
+    src = _first_tensor(an, node)
+    lay = an.layout(src)
+    if lay is None:
+        return None
+    out = _apply_to_layout(an, node, src, lay)
+    if out is None:
+        return an.opaque(node, "cannot follow channels through this reshape")
+    out = _keep_split_even(an, out)
+    if node.op == "call_method" and node.target in RESHAPES_WITH_SIZES or node.target is torch.reshape:
+        an.shape_edits[node.name] = "sizes"
+    return out
+
+
+def _apply_to_layout(an, node, src, lay: Layout) -> Layout | None:
+    dense = lay.dense(an.shape(src))
+
+    def sub(a):
+        if a is src:
+            return dense
+        if isinstance(a, torch.fx.Node):
+            return an.value(a)
+        if isinstance(a, (list, tuple)):
+            return type(a)(sub(x) for x in a)
+        return a
+
+    args = [sub(a) for a in node.args]
+    kwargs = {k: sub(v) for k, v in node.kwargs.items()}
+    try:
+        if node.op == "call_module":
+            result = an.module(node)(*args, **kwargs)
+        elif node.op == "call_method":
+            result = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            result = node.target(*args, **kwargs)
+    except Exception:
+        return None
+    if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(an.shape(node)):
+        return None
+    return Layout.compress(result)
+
+
+def _keep_split_even(an, lay: Layout) -> Layout:
+    dims = lay.varying_dims()
+    if len(dims) <= 1:
+        return lay
+    inner = dims[-1]
+    moved = np.moveaxis(lay.index, inner, -1).reshape(-1, lay.index.shape[inner])
+    for row in moved[1:]:
+        an.unify(moved[0], row)
+    return lay
+
+
+@REGISTRY.function(operator.getitem)
+def getitem_rule(an, node):
+    """Indexing a tuple picks a layout; indexing a tensor off the channel axes moves data only."""
+    src, idx = node.args[0], node.args[1]
+    lay = an.layout(src)
+    if isinstance(lay, tuple):
+        return lay[idx]
+    if lay is None:
+        return None
+    if an.shape(src) is None:
+        return None
+    if _touches_channels(idx, lay, len(an.shape(src))):
+        return an.opaque(node, "indexing selects channels")
+    return reshape_rule(an, node)
+
+
+def _touches_channels(idx, lay: Layout, ndim: int) -> bool:
+    """True when the index restricts an axis along which channels vary."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, torch.fx.Node) for i in items):
+        return True
+    axis = 0
+    for pos, it in enumerate(items):
+        if it is Ellipsis:
+            axis = ndim - (len(items) - pos - 1)
+            continue
+        if it is None:
+            continue
+        restricts = not (isinstance(it, slice) and it == slice(None))
+        if restricts and axis in lay.varying_dims():
+            return True
+        axis += 1
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# split and chunk
+# ---------------------------------------------------------------------------------------------
+@REGISTRY.function(torch.chunk, torch.split)
+@REGISTRY.method("chunk", "split")
+def split_rule(an, node):
+    """Equal pieces of the channel axis are pruned in lockstep (their i-th channels together), so the
+    pieces stay equal; explicit split sizes are rewritten to the kept counts instead."""
+    src = _first_tensor(an, node)
+    lay, shape = an.layout(src), an.shape(src)
+    if lay is None:
+        return None
+    is_chunk = node.target in ("chunk", torch.chunk)
+    amount = an.value(_arg(node, 1, "chunks" if is_chunk else "split_size_or_sections"))
+    dim = _norm_dim(an.value(_arg(node, 2, "dim", 0)), len(shape))
+    if dim not in lay.varying_dims():
+        pieces = an.shape(node)
+        return tuple(lay for _ in pieces)
+    elems = lay.elems_along(dim, shape)
+    if elems is None:
+        return an.opaque(node, "split of a channel axis that is not simple")
+    sizes = _piece_sizes(is_chunk, amount, shape[dim])
+    if sizes is None:
+        return an.opaque(node, "uneven chunks of the channel axis")
+    parts = np.split(elems, np.cumsum(sizes)[:-1])
+    if isinstance(amount, (list, tuple)):
+        an.shape_edits[node.name] = "split_sections"
+    else:
+        for p in parts[1:]:
+            an.unify(parts[0], p)
+        if not is_chunk:
+            an.shape_edits[node.name] = "split_size"
+    return tuple(Layout.along(p, dim, len(shape)) for p in parts)
+
+
+def _piece_sizes(is_chunk: bool, amount, n: int) -> list[int] | None:
+    if isinstance(amount, (list, tuple)):
+        return list(amount)
+    if is_chunk:
+        return [n // amount] * amount if n % amount == 0 else None
+    return [amount] * (n // amount) if n % amount == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# padding
+# ---------------------------------------------------------------------------------------------
+@REGISTRY.function(F.pad)
+def pad_rule(an, node):
+    """Zero channels padded in front of / behind the channel axis become elements of their own."""
+    src = node.args[0]
+    pad = an.value(_arg(node, 1, "pad"))
+    mode = an.value(_arg(node, 2, "mode", "constant"))
+    lay, shape = an.layout(src), an.shape(src)
+    if lay is None:
+        return None
+    nd = len(shape)
+    out = lay
+    for d in lay.varying_dims():
+        p = nd - 1 - d
+        if 2 * p + 1 >= len(pad):
+            continue
+        front, back = pad[2 * p], pad[2 * p + 1]
+        if (front, back) == (0, 0):
+            continue
+        if front < 0 or back < 0 or mode != "constant" or len(lay.varying_dims()) != 1:
+            return an.opaque(node, "padding that crops or copies channels")
+        before, after = an.uf.new_space(front), an.uf.new_space(back)
+        elems = np.concatenate([before, lay.elems_along(d, shape), after])
+        an.pads[node.name] = (before, after)
+        out = Layout.along(elems, d, nd)
+    return out
+
+
+@REGISTRY.module(nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+def pad_module_rule(an, node):
+    """Pad modules pad spatial axes only (their padding tuple has no channel entry)."""
+    return spatial_rule(an, node)
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions and channel-mixing ops
+# ---------------------------------------------------------------------------------------------
+@REGISTRY.function(torch.mean, torch.sum, torch.amax, torch.amin)
+@REGISTRY.method("mean", "sum", "amax", "amin")
+def reduce_rule(an, node):
+    """Reducing over spatial axes keeps channels; reducing over channels mixes them (frozen)."""
+    src = _first_tensor(an, node)
+    lay, shape = an.layout(src), an.shape(src)
+    if lay is None:
+        return None
+    dims = an.value(_arg(node, 1, "dim", None))
+    keepdim = bool(an.value(_arg(node, 2, "keepdim", False)))
+    nd = len(shape)
+    dims = list(range(nd)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    dims = sorted(_norm_dim(d, nd) for d in dims)
+    if set(dims) & set(lay.varying_dims()):
+        return an.opaque(node, "reduction over channels")
+    index = lay.index
+    if keepdim:
+        return lay
+    return Layout(np.squeeze(index, axis=tuple(dims)) if dims else index)
+
+
+@REGISTRY.function(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
+@REGISTRY.method("softmax", "log_softmax")
+def softmax_rule(an, node):
+    src = _first_tensor(an, node)
+    lay, shape = an.layout(src), an.shape(src)
+    if lay is None:
+        return None
+    dim = an.value(_arg(node, 1, "dim", None))
+    if dim is None or _norm_dim(dim, len(shape)) in lay.varying_dims():
+        return an.opaque(node, "softmax over channels")
+    return lay
+
+
+@REGISTRY.method("size", "dim", "numel")
+@REGISTRY.function(getattr, len)
+def metadata_rule(an, node):
+    """Reading a size is not a use of the channels (the rewritten graph reads the new size)."""
+    return None

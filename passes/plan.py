@@ -1,0 +1,122 @@
+"""The plan: which channel classes each group keeps, as a frozen, JSON-serializable value.
+
+``Plan.to_dict()["modules"]`` maps every module whose parameters change to the kept indices of its
+input channels ("in"; a Linear's input features; a grouped conv's full input channels) and output
+channels ("out"), or None when that side is unchanged. ``"groups"`` lists each pruned group with its
+members and kept classes, which is what :func:`fxprune.apply` replays on a fresh trace.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .dependency import Analysis
+from .errors import PlanError
+
+__all__ = ["Plan", "make_plan", "kept_mask"]
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Kept channels per module and per group; options record how it was made."""
+
+    modules: dict[str, dict[str, list[int] | None]]
+    groups: list[dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)
+    analysis: Analysis | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": PLAN_VERSION, "modules": self.modules, "groups": self.groups, "options": self.options}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        if not isinstance(d, dict) or "modules" not in d or "groups" not in d:
+            raise PlanError("not an fxprune plan: expected a dict with 'modules' and 'groups'")
+        if d.get("version", PLAN_VERSION) != PLAN_VERSION:
+            raise PlanError(f"plan version {d.get('version')} is not supported (expected {PLAN_VERSION})")
+        return cls(modules=d["modules"], groups=d["groups"], options=d.get("options", {}))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def kept_classes(self) -> dict[tuple, list[int]]:
+        """Kept class indices by the group's member set (how a plan finds its groups again)."""
+        return {_member_key(g["members"]): g["keep"] for g in self.groups}
+
+    def __str__(self) -> str:
+        lines = [f"Plan: {len(self.groups)} pruned groups, {len(self.modules)} modules change"]
+        for g in self.groups:
+            mem = ", ".join(f"{m}.{io}" for m, io in g["members"][:4])
+            lines.append(f"  keep {len(g['keep'])}/{g['channels']}: {mem}{' ...' if len(g['members']) > 4 else ''}")
+        return "\n".join(lines)
+
+
+def _member_key(members) -> tuple:
+    return tuple(sorted((str(m), str(io)) for m, io in members))
+
+
+def kept_mask(analysis: Analysis, kept: dict[int, np.ndarray]) -> np.ndarray:
+    """Per element id: is its class kept? Classes of unlisted groups are kept."""
+    keep_root = np.ones(len(analysis.root_of), dtype=bool)
+    for gi, k in kept.items():
+        g = analysis.groups[gi]
+        flags = np.zeros(g.n_classes, dtype=bool)
+        flags[np.asarray(k, dtype=np.int64)] = True
+        keep_root[g.roots] = flags
+    return keep_root[analysis.root_of]
+
+
+def positions_kept(keep: np.ndarray, elems: np.ndarray | None) -> list[int] | None:
+    """Indices of kept positions in an element list, or None when every position is kept."""
+    if elems is None:
+        return None
+    flags = keep[np.asarray(elems, dtype=np.int64)]
+    return None if flags.all() else np.flatnonzero(flags).tolist()
+
+
+def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str, Any]) -> Plan:
+    """Turn kept classes per group into the per-module plan."""
+    keep = kept_mask(analysis, kept)
+    modules: dict[str, dict[str, list[int] | None]] = {}
+    for name, role in analysis.roles.items():
+        io = {"in": positions_kept(keep, role.in_elems), "out": positions_kept(keep, role.out_elems)}
+        if io["in"] is not None or io["out"] is not None:
+            modules[name] = io
+    for target, (_, elems) in analysis.attr_slices.items():
+        out = positions_kept(keep, elems)
+        if out is not None:
+            modules[target] = {"in": None, "out": out}
+    groups = []
+    for gi, k in sorted(kept.items()):
+        g = analysis.groups[gi]
+        if len(k) < g.n_classes:
+            groups.append(
+                {
+                    "members": [list(m) for m in g.members],
+                    "channels": int(g.n_classes),
+                    "keep": sorted(int(i) for i in k),
+                }
+            )
+    return Plan(modules=modules, groups=groups, options=options, analysis=analysis)
+
+
+def kept_from_plan(analysis: Analysis, plan: Plan) -> dict[int, np.ndarray]:
+    """Find each planned group in a fresh analysis of the model (by its members)."""
+    wanted = plan.kept_classes()
+    by_key = {_member_key(g.members): gi for gi, g in enumerate(analysis.groups)}
+    kept = {}
+    for key, k in wanted.items():
+        gi = by_key.get(key)
+        if gi is None:
+            first = ", ".join(f"{m}.{io}" for m, io in key[:3])
+            raise PlanError(f"the plan's group ({first} ...) does not exist in this model: was the plan made for another model?")
+        g = analysis.groups[gi]
+        if g.frozen or (k and max(k) >= g.n_classes):
+            raise PlanError(f"the plan prunes group {gi} ({g.members[0][0]} ...), which this model cannot prune")
+        kept[gi] = np.asarray(k, dtype=np.int64)
+    return kept

@@ -1,0 +1,86 @@
+"""Select pass: turn budgets and scores into the kept classes of each group.
+
+Budgets: ``ratio`` (a float for every prunable group, or {module-name glob: ratio} where a key sets
+the ratio of the group holding that module's output channels), or a criterion's own decision (the
+graph criterion's threshold). Kept count = int(N * (1 - r)), at least 1; ``round_to=n`` rounds it up
+to a multiple of n (never above N).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+import numpy as np
+
+from .criteria import Criterion, ScoringContext
+from .dependency import Analysis
+from .errors import PlanError
+
+__all__ = ["resolve_ratios", "kept_count", "select", "check_ratio"]
+
+
+def check_ratio(r: Any, what: str = "ratio") -> float:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+        raise PlanError(f"{what} must be a number in [0, 1) (the fraction of channels removed), got {r!r}")
+    return float(r)
+
+
+def kept_count(n: int, ratio: float, round_to: int | None = None) -> int:
+    k = max(1, int(n * (1.0 - ratio)))
+    if round_to and round_to > 1:
+        k = min(n, int(math.ceil(k / round_to)) * round_to)
+    return k
+
+
+def resolve_ratios(analysis: Analysis, ratio: float | dict[str, float]) -> dict[int, float]:
+    """Ratio per prunable group; dict keys are globs over the modules whose *output* channels a group holds."""
+    prunable = [i for i, g in enumerate(analysis.groups) if not g.frozen]
+    if not isinstance(ratio, dict):
+        r = check_ratio(ratio)
+        return {i: r for i in prunable}
+    chosen: dict[int, tuple[float, str]] = {}
+    for key, r in ratio.items():
+        r = check_ratio(r, f"ratio for {key!r}")
+        matched = [name for name, role in analysis.roles.items() if fnmatch.fnmatchcase(name, key) or name == key]
+        if not matched:
+            raise PlanError(f"ratio key {key!r} matches no module; module names look like {next(iter(analysis.roles), '?')!r}")
+        for name in matched:
+            for gi in analysis.member_groups(name, "out"):
+                if gi not in chosen:
+                    chosen[gi] = (r, key)
+                elif chosen[gi][0] != r:
+                    raise PlanError(
+                        f"ratio keys {chosen[gi][1]!r} ({chosen[gi][0]}) and {key!r} ({r}) conflict: both set the "
+                        f"group of {name!r} (channels shared with {', '.join(m for m, _ in analysis.groups[gi].members[:4])})"
+                    )
+    return {gi: r for gi, (r, _) in chosen.items() if not analysis.groups[gi].frozen}
+
+
+def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios: dict[int, float] | None,
+           round_to: int | None = None) -> dict[int, np.ndarray]:
+    """Kept class indices per pruned group. ``ratios=None`` lets the criterion decide (threshold)."""
+    kept: dict[int, np.ndarray] = {}
+    if ratios is None:
+        for gi, g in enumerate(analysis.groups):
+            if g.frozen:
+                continue
+            k = criterion.decide(ctx, g)
+            if k is None:
+                raise PlanError(f"criterion {criterion.name!r} needs a ratio budget (ratio=...)")
+            kept[gi] = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
+        return kept
+    for gi, r in ratios.items():
+        g = analysis.groups[gi]
+        k = kept_count(g.n_classes, r, round_to)
+        if k >= g.n_classes:
+            continue
+        scores = np.asarray(criterion.score(ctx, g), dtype=np.float64)
+        kept[gi] = top_k(scores, k)
+    return kept
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, ascending; ties go to the lower index (stable)."""
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:k])

@@ -1,0 +1,121 @@
+"""Verify pass: the compact model must equal the original with the removed channels masked out.
+
+The reference is a copy of the original whose conv and linear layers see zeros on the input
+channels the plan removes (forward pre-hooks). In float32 the relative error must stay within
+``rtol`` (1e-5); otherwise the error names the first module whose outputs diverge.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VerificationError
+
+__all__ = ["masked_reference", "verify_against"]
+
+MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def masked_reference(original: nn.Module, modules: dict[str, dict]) -> nn.Module:
+    """A copy of ``original`` whose channel-mixing layers see zeros on removed input channels."""
+    ref = copy.deepcopy(original).eval()
+    named = dict(ref.named_modules())
+    for name, io in modules.items():
+        mod = named.get(name)
+        if io.get("in") is None or not isinstance(mod, MIXING):
+            continue
+        n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+        mask = torch.zeros(n)
+        mask[torch.as_tensor(io["in"], dtype=torch.long)] = 1.0
+        mod.register_forward_pre_hook(_mask_hook(mask, channel_last=isinstance(mod, nn.Linear)))
+    return ref
+
+
+def _mask_hook(mask: torch.Tensor, channel_last: bool):
+    def hook(_mod, args):
+        x = args[0]
+        shape = [1] * x.dim()
+        shape[-1 if channel_last else 1] = -1
+        return (x * mask.view(shape).to(x),) + tuple(args[1:])
+
+    return hook
+
+
+def _main_output(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return _main_output(out[0])
+    if isinstance(out, dict):
+        return _main_output(next(iter(out.values())))
+    raise VerificationError(f"cannot compare model outputs of type {type(out).__name__}")
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / a.norm().clamp_min(1e-30))
+
+
+def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple,
+                   rtol: float = 1e-5) -> float:
+    """Relative error of ``small`` against the masked original; raises VerificationError above rtol."""
+    ref = masked_reference(original, modules)
+    small_eval = copy.deepcopy(small).eval()
+    with torch.no_grad():
+        a = _main_output(ref(*inputs))
+        b = _main_output(small_eval(*inputs))
+    if a.shape != b.shape:
+        raise VerificationError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
+    err = relative_error(a, b) if torch.isfinite(b).all() else float("inf")
+    if err > rtol:
+        where = first_divergence(ref, small_eval, modules, inputs, rtol)
+        raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; {where}")
+    return err
+
+
+def first_divergence(ref: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float) -> str:
+    """Name the first parameterized module (in execution order) whose kept outputs differ."""
+    ref_out = _record_outputs(ref, inputs)
+    small_out = _record_outputs(small, inputs)
+    for name, a in ref_out:
+        b = dict(small_out).get(name)
+        if b is None:
+            continue
+        keep = modules.get(name, {}).get("out")
+        if keep is not None:
+            dim = -1 if isinstance(ref.get_submodule(name), nn.Linear) else 1
+            a = a.index_select(dim, torch.as_tensor(keep, dtype=torch.long))
+        if a.shape != b.shape:
+            return f"first diverging module: '{name}' (shape {tuple(b.shape)} != expected {tuple(a.shape)})"
+        e = relative_error(a, b)
+        if e > rtol:
+            return f"first diverging module: '{name}' (rel err {e:.2e})"
+    return "no single module diverges (check ops between modules)"
+
+
+def _record_outputs(model: nn.Module, inputs: tuple) -> list[tuple[str, torch.Tensor]]:
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = []
+    for name, mod in model.named_modules():
+        if any(True for _ in mod.parameters(recurse=False)):
+            handles.append(mod.register_forward_hook(_recorder(name, seen)))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _recorder(name: str, seen: list):
+    def hook(_mod, _args, out):
+        if isinstance(out, torch.Tensor):
+            seen.append((name, out.detach()))
+
+    return hook
