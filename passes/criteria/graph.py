@@ -9,6 +9,12 @@
    connected components, keep each component's largest-L1 filter (ties: lowest index) and drop the
    rest, until no edge is left. The kept filters form an independent set of the graph.
 
+Monotone counts: the greedy decomposition can keep *more* filters at a lower threshold (more edges
+can split the maximum core differently). Users read the threshold as a knob, so fxprune keeps
+min(seed count at τ, seed count at every 0.01 step above τ) filters: when that is fewer than the seed's
+kept set at τ, the lowest-L1 members of that set are dropped (a subset of an independent set is still
+one). The seed's own result is returned whenever it is already monotone.
+
 Feature maps are the producing conv's raw output (before BN), taken in eval mode (the seed leaves
 BN in training mode; eval mode keeps the user's running statistics untouched). A coupled group is
 hashed from its leader (see base.leader_first), e.g. a ResNet stage from its projection conv.
@@ -74,6 +80,26 @@ def decompose(sim: np.ndarray, l1: np.ndarray, threshold: float) -> tuple[np.nda
     return np.flatnonzero(removed_at < 0), removed_at
 
 
+GRID_STEP = 0.01
+
+
+def monotone_keep(sim: np.ndarray, l1: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Seed decomposition at ``threshold``, capped at the smallest count of the 0.01 grid above it."""
+    kept, removed_at = decompose(sim, l1, threshold)
+    top = float(sim.max(initial=0.0))
+    grid = np.arange(np.floor(threshold / GRID_STEP + 1e-9) + 1, np.floor(1.0 / GRID_STEP + 1e-9) + 1) * GRID_STEP
+    cap = len(kept)
+    for level in grid[grid <= top]:
+        cap = min(cap, len(decompose(sim, l1, float(level))[0]))
+    if cap < len(kept):
+        order = kept[np.argsort(-l1[kept], kind="stable")]
+        dropped = order[cap:]
+        removed_at = removed_at.copy()
+        removed_at[dropped] = removed_at.max(initial=0) + 1
+        kept = np.sort(order[:cap])
+    return kept, removed_at
+
+
 class Graph(Criterion):
     name = "graph"
 
@@ -97,7 +123,7 @@ class Graph(Criterion):
             idx = np.array(sorted(c for c, b in bits.items() if b.shape[-1] == length))
             block = np.stack([bits[c] for c in idx], axis=1)  # (T, n, B)
             sim[np.ix_(idx, idx)] = similarity(block)
-        return decompose(sim, l1, threshold)
+        return monotone_keep(sim, l1, threshold)
 
     @staticmethod
     def _class_l1(ctx, group) -> np.ndarray:
