@@ -37,15 +37,14 @@ _loaded = False
 
 
 def _load_builtins() -> None:
+    """Import every criterion module of this package once; each registers itself."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    from . import l1, graph  # noqa: F401  (modules register themselves)
+    import importlib
+    import pkgutil
 
-    for optional in ("norms", "coring_criterion", "fmc_criterion", "taylor"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{optional}":
-                raise
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
