@@ -104,7 +104,15 @@ def trace(
     name = type(model).__name__
     gm = torch.fx.GraphModule(tracer.root, graph, name)
     inputs = _as_tuple(example_inputs) if example_inputs is not None else default_example_inputs(model)
-    propagate_shapes(gm, inputs)
+    try:
+        propagate_shapes(gm, inputs)
+    except UntraceableModelError as e:
+        if example_inputs is None:
+            raise UntraceableModelError(
+                f"{e} -- the default example input is {tuple(inputs[0].shape)}; pass example_inputs= with "
+                "the input size your model expects (e.g. torch.randn(1, 3, 32, 32) for CIFAR models)"
+            ) from e
+        raise
     return gm, inputs
 
 

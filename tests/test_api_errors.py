@@ -1,0 +1,134 @@
+"""Bad input gets a clear error, and no call ever changes the user's model."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune.models import get_model
+from conftest import assert_state_unchanged, randomize, state_copy
+
+X = torch.randn(1, 3, 32, 32)
+
+
+@pytest.fixture
+def model():
+    return randomize(get_model("resnet20"))
+
+
+@pytest.mark.parametrize("threshold", [0, 0.0, -0.1, 1.5, "0.7", True])
+def test_threshold_outside_0_1(model, threshold):
+    before = state_copy(model)
+    with pytest.raises(fxprune.PlanError, match="threshold must be a number in \\(0, 1\\]"):
+        fxprune.prune(model, X, criterion="graph", threshold=threshold)
+    assert_state_unchanged(model, before)
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 2, "0.3", {"conv1": 1.2}])
+def test_ratio_outside_0_1(model, ratio):
+    with pytest.raises(fxprune.PlanError, match=r"must be a number in \[0, 1\)"):
+        fxprune.prune(model, X, criterion="l1", ratio=ratio)
+
+
+def test_unknown_criterion_lists_the_known_ones(model):
+    with pytest.raises(fxprune.PlanError, match="unknown criterion 'l3'.*graph.*l1"):
+        fxprune.prune(model, X, criterion="l3", ratio=0.3)
+
+
+def test_missing_budget(model):
+    with pytest.raises(fxprune.PlanError, match="needs a budget"):
+        fxprune.prune(model, X, criterion="l1")
+
+
+def test_unknown_ratio_key(model):
+    with pytest.raises(fxprune.PlanError, match="matches no module"):
+        fxprune.prune(model, X, criterion="l1", ratio={"no.such.layer": 0.3})
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.gate = _Gate()
+
+    def forward(self, x):
+        return self.gate(self.conv(x))
+
+
+class _Gate(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: not traceable
+            return x
+        return -x
+
+
+def test_untraceable_model_names_module_and_line():
+    with pytest.raises(fxprune.UntraceableModelError) as e:
+        fxprune.prune(_DataDependent(), X, criterion="l1", ratio=0.3)
+    msg = str(e.value)
+    assert "'gate'" in msg and "test_api_errors.py" in msg and "if x.sum() > 0" in msg
+    assert "leaf_modules=['gate']" in msg
+
+
+def test_leaf_module_makes_it_traceable_and_freezes_its_channels():
+    net = randomize(_DataDependent())
+    small = fxprune.prune(net, X, criterion="l1", ratio=0.5, leaf_modules=["gate"])
+    assert small.conv.out_channels == 8  # the opaque module's input channels are never guessed
+    analysis = fxprune.analyze(net, X, leaf_modules=["gate"])
+    assert any("no dependency rule" in str(r) for g in analysis.groups for r in g.reasons)
+
+
+def test_no_conv_and_no_example_input():
+    with pytest.raises(fxprune.UntraceableModelError, match="example_inputs"):
+        fxprune.prune(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), criterion="l1", ratio=0.3)
+
+
+def test_training_mode_model_stays_in_training_mode_and_unchanged(model):
+    model.train()
+    before = state_copy(model)
+    fxprune.prune(model, X, criterion="graph", threshold=0.7)
+    fxprune.prune(model, X, criterion="l1", ratio=0.5)
+    assert model.training
+    assert_state_unchanged(model, before)
+
+
+def test_default_example_input_is_224():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    plan = fxprune.plan(net, criterion="l1", ratio=0.3)
+    assert plan.options["input_shape"] == [[1, 3, 224, 224]]
+
+
+def test_default_input_that_does_not_fit_says_what_to_do(model):
+    with pytest.raises(fxprune.UntraceableModelError, match="default example input.*example_inputs="):
+        fxprune.plan(model, criterion="l1", ratio=0.3)
+
+
+def test_plan_round_trips_through_json(model):
+    plan = fxprune.plan(model, X, criterion="l1", ratio=0.4)
+    d = json.loads(json.dumps(plan.to_dict()))
+    again = fxprune.apply(model, fxprune.Plan.from_dict(d))
+    direct = fxprune.apply(model, plan)
+    for (k, a), (_, b) in zip(direct.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert d["modules"]["layer1.0.conv1"]["in"] is not None
+    assert all(set(io) == {"in", "out"} for io in d["modules"].values())
+
+
+def test_plan_for_another_model_is_refused(model):
+    plan = fxprune.plan(model, X, criterion="l1", ratio=0.4)
+    with pytest.raises(fxprune.PlanError, match="does not exist in this model"):
+        fxprune.apply(get_model("vgg16_bn"), fxprune.Plan.from_dict(plan.to_dict()))
+
+
+def test_verify_names_the_first_diverging_module(model):
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.4)
+    with torch.no_grad():
+        small.get_submodule("layer2.1.conv1").weight[0] += 1.0
+    with pytest.raises(fxprune.VerificationError, match="layer2.1.conv1"):
+        fxprune.verify(model, small, X)
+
+
+def test_analysis_prints_groups_and_reasons(model):
+    text = str(fxprune.analyze(model, X))
+    assert "channel groups" in text and "reaches the graph output" in text and "layer1.0.conv2.out" in text
