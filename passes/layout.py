@@ -20,57 +20,58 @@ __all__ = ["UnionFind", "Layout"]
 
 
 class UnionFind:
-    """Elements in blocks ("spaces"); uniting two elements also links their spaces into one group."""
+    """Elements in blocks ("spaces"); uniting two elements also links their spaces into one group.
+
+    Unions are only recorded during the walk (no rule needs a class while the graph is being
+    walked); :meth:`snapshot` resolves them all at once with a sparse connected-components pass.
+    """
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.space: list[int] = []
-        self.space_parent: list[int] = []
+        self.size = 0
+        self.space_starts: list[int] = []
+        self._left: list[np.ndarray] = []
+        self._right: list[np.ndarray] = []
 
     def new_space(self, n: int) -> np.ndarray:
         """Allocate ``n`` fresh elements that start one space of their own."""
-        sid = len(self.space_parent)
-        self.space_parent.append(sid)
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        self.space.extend([sid] * n)
+        start = self.size
+        self.space_starts.append(start)
+        self.size += n
         return np.arange(start, start + n, dtype=np.int64)
 
-    def find(self, e: int) -> int:
-        parent = self.parent
-        while parent[e] != e:
-            parent[e] = parent[parent[e]]
-            e = parent[e]
-        return e
-
-    def _find_space(self, s: int) -> int:
-        sp = self.space_parent
-        while sp[s] != s:
-            sp[s] = sp[sp[s]]
-            s = sp[s]
-        return s
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(int(a)), self.find(int(b))
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-        sa, sb = self._find_space(self.space[int(a)]), self._find_space(self.space[int(b)])
-        if sa != sb:
-            self.space_parent[max(sa, sb)] = min(sa, sb)
-
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
-        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
-            if x != y:
-                self.union(x, y)
+        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        self._left.append(a.ravel())
+        self._right.append(b.ravel())
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        """Final (class root, group id) of every element, as arrays for vectorized lookups."""
-        n = len(self.parent)
-        roots = np.fromiter((self.find(e) for e in range(n)), dtype=np.int64, count=n)
-        space_roots = np.fromiter(
-            (self._find_space(s) for s in range(len(self.space_parent))), dtype=np.int64, count=len(self.space_parent)
-        )
-        return roots, space_roots[np.asarray(self.space, dtype=np.int64)]
+        """Final (class root, group id) of every element; a class root is its smallest element."""
+        left = np.concatenate(self._left) if self._left else np.zeros(0, dtype=np.int64)
+        right = np.concatenate(self._right) if self._right else np.zeros(0, dtype=np.int64)
+        roots = _smallest_member(_components(self.size, left, right))
+        space_id = np.zeros(self.size, dtype=np.int64)
+        starts = np.asarray([s for s in self.space_starts if s < self.size], dtype=np.int64)
+        space_id[starts] = 1
+        space_id = np.cumsum(space_id) - 1
+        # a group joins every space touched by a union: link each element to its space's first one
+        first = starts[space_id]
+        groups = _components(self.size, np.concatenate([left, first]), np.concatenate([right, np.arange(self.size)]))
+        return roots, groups
+
+
+def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _smallest_member(labels: np.ndarray) -> np.ndarray:
+    """Replace each component label by the smallest element id carrying it."""
+    smallest = np.full(labels.max(initial=-1) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(len(labels), dtype=np.int64))
+    return smallest[labels]
 
 
 @dataclass(frozen=True)

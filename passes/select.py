@@ -68,7 +68,8 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
             k = criterion.decide(ctx, g)
             if k is None:
                 raise PlanError(f"criterion {criterion.name!r} needs a ratio budget (ratio=...)")
-            kept[gi] = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
+            k = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
+            kept[gi] = _keep_every_layer_alive(analysis, gi, k, None)
         return kept
     for gi, r in ratios.items():
         g = analysis.groups[gi]
@@ -76,8 +77,29 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
         if k >= g.n_classes:
             continue
         scores = np.asarray(criterion.score(ctx, g), dtype=np.float64)
-        kept[gi] = top_k(scores, k)
+        kept[gi] = _keep_every_layer_alive(analysis, gi, top_k(scores, k), scores)
     return kept
+
+
+def _keep_every_layer_alive(analysis: Analysis, gi: int, kept: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
+    """A layer whose channels in this group would all go keeps its best one (else it would vanish).
+
+    Happens when a group spans layers of different widths, e.g. a grouped conv reading a concatenation.
+    """
+    gpos, cpos = analysis.class_positions()
+    keep = set(kept.tolist())
+    for role in analysis.roles.values():
+        for elems in (role.out_elems, role.in_elems):
+            if elems is None:
+                continue
+            roots = analysis.roots(elems)
+            if not (gpos[roots] == gi).all():
+                continue
+            mine = np.unique(cpos[roots])
+            if keep.isdisjoint(mine.tolist()):
+                best = mine[np.argmax(scores[mine])] if scores is not None else mine[0]
+                keep.add(int(best))
+    return np.array(sorted(keep), dtype=np.int64)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

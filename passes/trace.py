@@ -131,8 +131,23 @@ def default_example_inputs(model: nn.Module, size: int = 224) -> tuple[torch.Ten
     )
 
 
+# Modules whose output has their input's shape: propagation skips running them (meta-tensor
+# kernels of some activations go through slow Python decompositions).
+_SAME_SHAPE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU,
+    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.modules.batchnorm._BatchNorm,
+)
+
+
 class _ShapeInterpreter(torch.fx.Interpreter):
     """Runs the graph once and writes every node's shape (tensors) or value (everything else)."""
+
+    def call_module(self, target, args, kwargs):
+        mod = self.fetch_attr(target)
+        x = args[0] if args else None
+        if type(mod) in _SAME_SHAPE_TYPES and isinstance(x, torch.Tensor) and x.device.type == "meta":
+            return x
+        return super().call_module(target, args, kwargs)
 
     def run_node(self, n: torch.fx.Node) -> Any:
         try:
@@ -146,6 +161,19 @@ class _ShapeInterpreter(torch.fx.Interpreter):
         else:
             n.meta[VALUE] = result
         return result
+
+
+def _same_shape_types() -> set[type]:
+    """Exact classes only: a subclass may change shapes in its own forward."""
+    found = set()
+    for base in _SAME_SHAPE_MODULES:
+        found.add(base)
+        if base is nn.modules.batchnorm._BatchNorm:
+            found.update({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm})
+    return found
+
+
+_SAME_SHAPE_TYPES = _same_shape_types()
 
 
 def _has_tensor(x: Any) -> bool:

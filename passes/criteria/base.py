@@ -45,6 +45,7 @@ class ScoringContext:
     options: dict[str, Any] = field(default_factory=dict)
     _class_index: tuple[np.ndarray, np.ndarray] | None = None
     _observed: dict[tuple[str, str], np.ndarray | torch.Tensor] = field(default_factory=dict)
+    _modules: dict[str, nn.Module] | None = None
 
     # ---- group structure ------------------------------------------------------------------------
     def class_index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +57,9 @@ class ScoringContext:
         """The group's producing layers in leader order."""
         gid = self.analysis.groups.index(group)
         gpos, cpos = self.class_index()
-        modules = dict(self.analysis.gm.named_modules())
+        if self._modules is None:
+            self._modules = dict(self.analysis.gm.named_modules())
+        modules = self._modules
         out = []
         for name, io in group.members:
             role = self.analysis.roles.get(name)

@@ -1,0 +1,89 @@
+"""How long one prune takes: fxprune vs Torch-Pruning's MagnitudePruner (build + step), same L1 ratio.
+
+Both run in this process, on one thread, on the same models and example input (1x3x224x224),
+best of --repeats fresh runs each. Prints a table and the speed ratio; writes bench/results/prune_speed.md.
+
+    .venv/bin/python bench/prune_speed.py [--ratio 0.3] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+
+import torch
+import torchvision
+
+import fxprune
+
+MODELS = ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"]
+
+
+def time_fxprune(model, x, ratio) -> float:
+    start = time.perf_counter()
+    fxprune.prune(model, x, criterion="l1", ratio=ratio)
+    return time.perf_counter() - start
+
+
+def time_torch_pruning(model, x, ratio) -> float:
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model)  # Torch-Pruning edits the model in place; the copy is not timed
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    start = time.perf_counter()
+    pruner = tp.pruner.MagnitudePruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio, ignored_layers=[classifier]
+    )
+    pruner.step()
+    return time.perf_counter() - start
+
+
+def best_of(fn, repeats: int, *args) -> float:
+    return min(fn(*args) for _ in range(repeats))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--models", nargs="*", default=MODELS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    x = torch.randn(1, 3, 224, 224)
+    rows = []
+    for name in args.models:
+        model = torchvision.models.get_model(name, weights=None).eval()
+        time_fxprune(model, x, args.ratio)  # warm-up: imports and first-call caches
+        ours = best_of(time_fxprune, args.repeats, model, x, args.ratio)
+        theirs = best_of(time_torch_pruning, args.repeats, model, x, args.ratio)
+        rows.append((name, ours, theirs, theirs / ours))
+        print(f"{name:16s} fxprune {ours:7.3f}s  torch-pruning {theirs:7.3f}s  speed-up {theirs / ours:5.1f}x", flush=True)
+    ratios = [r[3] for r in rows]
+    summary = f"min speed-up {min(ratios):.1f}x, median {statistics.median(ratios):.1f}x (goal: >= 5x on every model)"
+    print(summary)
+    _write_table(rows, summary, args)
+
+
+def _write_table(rows, summary, args) -> None:
+    lines = [
+        "# Prune time: fxprune vs Torch-Pruning",
+        "",
+        f"l1 ratio {args.ratio}, input 1x3x224x224, one thread, best of {args.repeats}; "
+        f"torch {torch.__version__}. Command: `.venv/bin/python bench/prune_speed.py`",
+        "",
+        "| model | fxprune (s) | Torch-Pruning build+step (s) | speed-up |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {a:.3f} | {b:.3f} | {r:.1f}x |" for n, a, b, r in rows]
+    lines += ["", summary, ""]
+    path = os.path.join(os.path.dirname(__file__), "results", "prune_speed.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
