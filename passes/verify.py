@@ -88,7 +88,7 @@ def first_divergence(ref: nn.Module, small: nn.Module, modules: dict[str, dict],
             continue
         keep = modules.get(name, {}).get("out")
         if keep is not None:
-            dim = -1 if isinstance(ref.get_submodule(name), nn.Linear) else 1
+            dim = -1 if isinstance(ref.get_submodule(name), (nn.Linear, nn.LayerNorm)) else 1
             a = a.index_select(dim, torch.as_tensor(keep, dtype=torch.long))
         if a.shape != b.shape:
             return f"first diverging module: '{name}' (shape {tuple(b.shape)} != expected {tuple(a.shape)})"

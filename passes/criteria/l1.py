@@ -17,7 +17,7 @@ __all__ = ["filter_l1", "L1"]
 def filter_l1(module: nn.Module) -> np.ndarray:
     """Σ|w| over each output filter (all input channels and kernel taps)."""
     w = module.weight.detach()
-    return torch.linalg.vector_norm(w.reshape(w.shape[0], -1), ord=1, dim=1).double().numpy()
+    return torch.linalg.vector_norm(w.reshape(w.shape[0], -1), ord=1, dim=1).double().cpu().numpy()
 
 
 class L1(Criterion):
