@@ -194,3 +194,28 @@ def coring_scores(weight, distance: str = "V", strategy: str = "min_sum", rank: 
     matrix = distance_matrix(filter_factors(weight, rank=rank), distance)
     rank_fn = min_sum_saliency if strategy == "min_sum" else sum_saliency
     return rank_fn(matrix, DISTANCES[distance])
+
+
+# ---- criterion plug-in (appended; the scoring math above is unchanged) --------------------------
+from . import register  # noqa: E402
+from .base import Criterion  # noqa: E402
+
+
+class Coring(Criterion):
+    """``coring`` (seed 003): per layer, CORING saliency of its filters (weights only, no data).
+
+    Options: ``distance`` ("V" default, "E", "C"), ``strategy`` ("min_sum" default, "sum"), ``rank``
+    (1). A coupled group takes every class's score from its first producer in leader order
+    (base.leader_first), as the seed ranks each conv on its own (per-layer semantics).
+    """
+
+    name = "coring"
+
+    def score(self, ctx, group):
+        opts = ctx.options
+        kw = dict(distance=opts.get("distance", "V"), strategy=opts.get("strategy", "min_sum"),
+                  rank=int(opts.get("rank", 1)))
+        return ctx.leader_first(group, lambda p: coring_scores(p.module.weight, **kw))
+
+
+register("coring", Coring())

@@ -28,6 +28,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from passes.errors import PlanError
 
@@ -130,21 +131,23 @@ def fmc_labels(feature_maps, seed: int = 0, k: int | None = None, max_k: int | N
     if n < 2:
         labels[:] = 0
         return labels, 1
-    inliers, points, caches = [], [], []
-    for b in range(t):
-        y = _embed(normalize_maps(maps[b]), perplexity, _random_state(seed, b, "tsne"))
-        inliers.append(iqr_inliers(y))
-        points.append(y[inliers[-1]])
-        caches.append({})
-    if k is None:
-        best = [_best_k(p, max_k, _random_state(seed, b, "kmeans"), caches[b])
-                for b, p in enumerate(points)]
-        k = int(np.argmax(np.bincount(best)))  # mode over images, smallest K on ties
-    for b in range(t):
-        kb = min(k, len(points[b]))
-        found = caches[b].get(kb)
-        labels[b, inliers[b]] = found if found is not None else _kmeans(
-            points[b], kb, _random_state(seed, b, "kmeans"))
+    # Tiny problems: OpenMP threads only add contention (and run-to-run float differences).
+    with threadpool_limits(limits=1):
+        inliers, points, caches = [], [], []
+        for b in range(t):
+            y = _embed(normalize_maps(maps[b]), perplexity, _random_state(seed, b, "tsne"))
+            inliers.append(iqr_inliers(y))
+            points.append(y[inliers[-1]])
+            caches.append({})
+        if k is None:
+            best = [_best_k(p, max_k, _random_state(seed, b, "kmeans"), caches[b])
+                    for b, p in enumerate(points)]
+            k = int(np.argmax(np.bincount(best)))  # mode over images, smallest K on ties
+        for b in range(t):
+            kb = min(k, len(points[b]))
+            found = caches[b].get(kb)
+            labels[b, inliers[b]] = found if found is not None else _kmeans(
+                points[b], kb, _random_state(seed, b, "kmeans"))
     return labels, k
 
 
@@ -183,3 +186,61 @@ def fmc_scores(feature_maps, seed: int = 0, k: int | None = None, max_k: int | N
     """FP-FMC importance of the N channels: -RI (higher = less redundant = keep first)."""
     labels, _ = fmc_labels(feature_maps, seed=seed, k=k, max_k=max_k, perplexity=perplexity)
     return -redundancy_index(labels)
+
+
+# ---- criterion plug-in (appended; the scoring math above is unchanged) --------------------------
+import torch  # noqa: E402
+
+from . import register  # noqa: E402
+from .base import Criterion  # noqa: E402
+
+DEFAULT_SAMPLES = 32
+
+
+def _relu_maps(kind: str):
+    """Reducer for ctx.observe: the producer's output through ReLU, channels on axis 1.
+
+    The seed hooks the ReLU that follows each conv (after its BN). A general graph has no such
+    ReLU for every producer (BN, residual adds or other activations may sit in between), so fxprune
+    takes the simplest uniform choice: ReLU of the producer's own output. A Linear's features are
+    on the last axis and are moved to axis 1.
+    """
+    if kind == "linear":
+        return lambda out: torch.relu(out).movedim(-1, 1).float()
+    return lambda out: torch.relu(out).float()
+
+
+class FMC(Criterion):
+    """``fmc`` (seed 004, FP-FMC): -RI of each channel from clustered post-ReLU feature maps.
+
+    Needs ``data=`` (real images; at least 2, RI compares image pairs); uses up to
+    ``calibration_samples`` images (default 32: t-SNE and the K search run per image and layer).
+    Feature maps: ReLU(producer output) in eval mode, see :func:`_relu_maps`. Options ``seed`` (0),
+    ``k`` (fixed K, skips the search), ``max_k`` (caps the K search; the seed has none, it is slow on
+    wide layers), ``perplexity`` (1.0). A coupled group takes each class's score from its first
+    producer in leader order (base.leader_first), e.g. a ResNet stage from its projection conv.
+    """
+
+    name = "fmc"
+
+    def score(self, ctx, group):
+        if ctx.data is None:
+            raise PlanError("criterion 'fmc' clusters feature maps of real images: pass data=[images or "
+                            "(images, targets) batches] (at least 2 images)")
+        samples = int(ctx.options.get("calibration_samples", DEFAULT_SAMPLES))
+        return ctx.leader_first(group, lambda p: self._producer_scores(ctx, p, samples))
+
+    @staticmethod
+    def _producer_scores(ctx, p, samples: int) -> np.ndarray:
+        name = p.role.name
+        maps = ctx.observe([name], _relu_maps(p.role.kind), "fmc-relu", samples)[name]
+        if maps.shape[0] < 2:
+            raise PlanError(f"criterion 'fmc' needs at least 2 calibration images, data= gave {maps.shape[0]}")
+        opts = ctx.options
+        k, max_k = opts.get("k"), opts.get("max_k")
+        return fmc_scores(maps, seed=int(opts.get("seed", 0)), k=None if k is None else int(k),
+                          max_k=None if max_k is None else int(max_k),
+                          perplexity=float(opts.get("perplexity", 1.0)))
+
+
+register("fmc", FMC())

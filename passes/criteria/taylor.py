@@ -1,0 +1,99 @@
+"""``taylor`` (Molchanov et al. 2017): first-order Taylor estimate of the loss change of removing a
+filter, |Σ_filter w · ∂L/∂w|, with L the cross-entropy over labelled calibration batches.
+
+Needs ``data=`` as (inputs, targets) batches; uses up to ``calibration_samples`` images (default
+128), gradients summed over them (L = mean cross-entropy over all used images). Coupled groups add
+the scores of all filters that write a class (base.class_sum), like the weight norms.
+
+The gradients are taken on a deep copy of the traced module, in eval mode (BN uses its running
+statistics, dropout is off): the user's parameters, their ``.grad`` and the BN statistics stay
+exactly as they were. Only weights count, not biases (the filter is its weight rows).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import PlanError
+from . import register
+from .base import Criterion, ScoringContext
+
+__all__ = ["taylor_scores", "Taylor"]
+
+DEFAULT_SAMPLES = 128
+_KEY = "taylor"
+
+
+def _logits(out):
+    """The main output of a model: a tensor, ``.logits``, the first of a tuple, or a dict's first value."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return _logits(out[0])
+    if isinstance(out, dict):
+        return _logits(next(iter(out.values())))
+    raise PlanError(f"criterion 'taylor' cannot read logits from a model output of type {type(out).__name__}")
+
+
+def _labelled_batches(data, max_samples: int):
+    """(inputs, targets) pairs from ``data`` up to ``max_samples`` images; a clear error otherwise."""
+    if data is None:
+        raise PlanError("criterion 'taylor' needs labelled calibration data: data=[(inputs, targets), ...]")
+    seen = 0
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise PlanError("criterion 'taylor' needs (inputs, targets) batches in data=, got inputs only")
+        x, y = batch[0][: max_samples - seen], batch[1][: max_samples - seen]
+        seen += x.shape[0]
+        yield x, y
+        if seen >= max_samples:
+            return
+
+
+def taylor_scores(ctx: ScoringContext) -> dict[str, np.ndarray]:
+    """|Σ w·∂L/∂w| per output filter of every conv/linear layer, computed once per context."""
+    if (_KEY, "") not in ctx._observed:
+        ctx._observed[(_KEY, "")] = _compute(ctx)
+    return ctx._observed[(_KEY, "")]
+
+
+def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
+    """Accumulate the summed cross-entropy gradient on a copy, then reduce w·g per filter."""
+    gm = copy.deepcopy(ctx.analysis.gm).eval()
+    for p in gm.parameters():
+        p.grad = None
+        p.requires_grad_(True)
+    samples = int(ctx.options.get("calibration_samples", DEFAULT_SAMPLES))
+    total = 0
+    with torch.enable_grad():
+        for x, y in _labelled_batches(ctx.data, samples):
+            F.cross_entropy(_logits(gm(x)), y, reduction="sum").backward()
+            total += x.shape[0]
+    if total == 0:
+        raise PlanError("criterion 'taylor': data= holds no samples")
+    out = {}
+    for name, role in ctx.analysis.roles.items():
+        if role.kind not in ("conv", "linear"):
+            continue
+        w = gm.get_submodule(name).weight
+        g = w.grad if w.grad is not None else torch.zeros_like(w)
+        prod = (w.detach().double() * g.double()).reshape(w.shape[0], -1).sum(1) / total
+        out[name] = prod.abs().cpu().numpy()
+    return out
+
+
+class Taylor(Criterion):
+    name = "taylor"
+
+    def score(self, ctx, group):
+        scores = taylor_scores(ctx)
+        names = {id(m): n for n, m in ctx.analysis.gm.named_modules()}
+        return ctx.class_sum(group, lambda m: scores[names[id(m)]])
+
+
+register("taylor", Taylor())
