@@ -19,7 +19,8 @@ from passes.dependency import Analysis, analyze as _analyze
 from passes.errors import PlanError
 from passes.plan import Plan, kept_from_plan, make_plan
 from passes.rewrite import rewrite as _rewrite
-from passes.select import resolve_ratios, select
+from passes.budget import global_keep, search_flops
+from passes.select import check_ratio, keep_every_layer_alive, resolve_ratios, select
 from passes.trace import trace as _trace
 from passes.verify import verify_against
 
@@ -43,11 +44,12 @@ def _check_threshold(threshold: Any) -> float:
 def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio: float | dict | None = None,
          threshold: float | None = None, data: Iterable | None = None, round_to: int | None = None,
          ignore: Sequence[str] = (), leaf_modules: Iterable = (), strict: bool = False,
-         **criterion_options) -> Plan:
+         global_ratio: bool = False, flops_reduction: float | None = None, **criterion_options) -> Plan:
     """Decide which channels every group keeps.
 
-    criterion: a name from :func:`criteria` ("l1", "graph", ...). Budget: ``ratio`` (float, or a dict
-    {module glob: ratio}); for "graph" alone, ``threshold`` (default 0.7) decides the counts.
+    criterion: a name from :func:`criteria` ("l1", "graph", ...). Budget, one of: ``ratio`` (float, or
+    a dict {module glob: ratio}); ``ratio`` with ``global_ratio=True`` (ranked across groups);
+    ``flops_reduction=f`` (conv+linear MACs fall by f); for "graph" alone, ``threshold`` (default 0.7).
     ``data``: calibration batches (inputs or (inputs, targets)) for data-driven criteria.
     """
     crit = _criteria.get(criterion)
@@ -55,16 +57,25 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
         raise PlanError(f"round_to must be a positive int, got {round_to!r}")
     if threshold is not None:
         _check_threshold(threshold)
-    if ratio is None and criterion != "graph":
+    if ratio is None and flops_reduction is None and criterion != "graph":
         raise PlanError(f"criterion {criterion!r} needs a budget: pass ratio=0.3 (or a dict of ratios)")
+    if flops_reduction is not None and ratio is not None:
+        raise PlanError("give either ratio= or flops_reduction=, not both")
+    if global_ratio and isinstance(ratio, dict):
+        raise PlanError("global_ratio=True ranks all groups together: pass a single float ratio")
     analysis = analyze(model, example_inputs, leaf_modules=leaf_modules, strict=strict, ignore=ignore)
     options = {"criterion": criterion, "threshold": threshold if threshold is not None else 0.7, **criterion_options}
     ctx = _criteria.ScoringContext(analysis, data=data, options=options)
-    ratios = resolve_ratios(analysis, ratio) if ratio is not None else None
-    kept = select(analysis, crit, ctx, ratios, round_to)
+    if flops_reduction is not None or global_ratio:
+        kept = _network_wide(analysis, crit, ctx, ratio, flops_reduction, global_ratio, round_to)
+    else:
+        ratios = resolve_ratios(analysis, ratio) if ratio is not None else None
+        kept = select(analysis, crit, ctx, ratios, round_to)
     record = {
         "criterion": criterion,
         "ratio": ratio,
+        "global_ratio": global_ratio,
+        "flops_reduction": flops_reduction,
         "threshold": threshold if ratio is None else None,
         "round_to": round_to,
         "strict": strict,
@@ -72,6 +83,19 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
         "input_shape": [list(x.shape) for x in analysis.inputs],
     }
     return make_plan(analysis, kept, _json_safe(record))
+
+
+def _network_wide(analysis, crit, ctx, ratio, flops_reduction, global_ratio, round_to) -> dict:
+    """Budgets that compare groups: a global ranking, or a FLOPs target (see passes.budget)."""
+    scores = {gi: np.asarray(crit.score(ctx, g), dtype=np.float64)
+              for gi, g in enumerate(analysis.groups) if not g.frozen}
+    if flops_reduction is not None:
+        kept = search_flops(analysis, scores, flops_reduction, global_ratio, round_to)
+    else:
+        if ratio is None:
+            raise PlanError("global_ratio=True needs ratio= (the fraction of all prunable channels to remove)")
+        kept = global_keep(analysis, scores, check_ratio(ratio), round_to)
+    return {gi: keep_every_layer_alive(analysis, gi, k, scores[gi]) for gi, k in kept.items()}
 
 
 def _json_safe(d: dict) -> dict:

@@ -17,7 +17,7 @@ from .criteria import Criterion, ScoringContext
 from .dependency import Analysis
 from .errors import PlanError
 
-__all__ = ["resolve_ratios", "kept_count", "select", "check_ratio"]
+__all__ = ["resolve_ratios", "kept_count", "select", "check_ratio", "top_k", "keep_every_layer_alive"]
 
 
 def check_ratio(r: Any, what: str = "ratio") -> float:
@@ -69,7 +69,7 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
             if k is None:
                 raise PlanError(f"criterion {criterion.name!r} needs a ratio budget (ratio=...)")
             k = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
-            kept[gi] = _keep_every_layer_alive(analysis, gi, k, None)
+            kept[gi] = keep_every_layer_alive(analysis, gi, k, None)
         return kept
     for gi, r in ratios.items():
         g = analysis.groups[gi]
@@ -77,11 +77,11 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
         if k >= g.n_classes:
             continue
         scores = np.asarray(criterion.score(ctx, g), dtype=np.float64)
-        kept[gi] = _keep_every_layer_alive(analysis, gi, top_k(scores, k), scores)
+        kept[gi] = keep_every_layer_alive(analysis, gi, top_k(scores, k), scores)
     return kept
 
 
-def _keep_every_layer_alive(analysis: Analysis, gi: int, kept: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
+def keep_every_layer_alive(analysis: Analysis, gi: int, kept: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
     """A layer whose channels in this group would all go keeps its best one (else it would vanish).
 
     Happens when a group spans layers of different widths, e.g. a grouped conv reading a concatenation.

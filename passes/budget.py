@@ -1,0 +1,106 @@
+"""Budgets beyond a fixed ratio: global ranking across groups, and a FLOPs-reduction target.
+
+* ``global_ratio``: scores are normalized per group (divided by the group's largest score, so every
+  group's best channel scores 1 and scales of different layers compare), then the lowest
+  ``ratio`` fraction of all prunable channels is removed network-wide; every group keeps at least one.
+* ``flops_reduction=f``: bisects the ratio (uniform per group, or global with ``global_ratio``)
+  until the conv+linear multiply-accumulates fall by ``f``; the result lands within ±2% when the
+  channel granularity allows it.
+
+MACs are counted from the analysis alone (no forward pass): a conv costs kept outputs × kept inputs
+per group × kernel taps × output positions, a linear kept outputs × kept inputs × leading positions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .dependency import Analysis
+from .errors import PlanError
+from .plan import kept_mask
+from .select import kept_count, top_k
+
+__all__ = ["conv_linear_macs", "global_keep", "uniform_keep", "search_flops"]
+
+TOLERANCE = 0.02
+
+
+def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
+    """Multiply-accumulates of every conv and linear layer after keeping ``kept`` (per sample)."""
+    keep = kept_mask(analysis, kept)
+    shapes = {n.name: n.meta.get("fxprune.shape") for n in analysis.gm.graph.nodes}
+    total = 0
+    for role in analysis.roles.values():
+        if role.kind not in ("conv", "linear"):
+            continue
+        mod = analysis.gm.get_submodule(role.name)
+        out_shape = shapes[role.node]
+        n_out = int(keep[role.out_elems].sum())
+        n_in = int(keep[role.in_elems].sum()) if role.in_elems is not None else _in_width(mod)
+        if role.kind == "conv":
+            groups = mod.groups
+            per_group_in = n_in if groups == 1 else mod.in_channels // groups
+            positions = int(np.prod(out_shape[2:]))
+            total += n_out * per_group_in * int(np.prod(mod.kernel_size)) * positions
+        else:
+            positions = int(np.prod(out_shape[1:-1])) if len(out_shape) > 2 else 1
+            total += n_out * n_in * positions
+    return total
+
+
+def _in_width(mod) -> int:
+    return mod.in_features if hasattr(mod, "in_features") else mod.in_channels
+
+
+def uniform_keep(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to=None) -> dict[int, np.ndarray]:
+    kept = {}
+    for gi, s in scores.items():
+        k = kept_count(len(s), ratio, round_to)
+        if k < len(s):
+            kept[gi] = top_k(s, k)
+    return kept
+
+
+def global_keep(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to=None) -> dict[int, np.ndarray]:
+    """Remove the lowest ``ratio`` of all channels after per-group max-normalization."""
+    if not scores:
+        return {}
+    norm = {gi: s / (np.abs(s).max() or 1.0) for gi, s in scores.items()}
+    pooled = np.concatenate([v for v in norm.values()])
+    n_drop = int(len(pooled) * ratio)
+    if n_drop == 0:
+        return {}
+    cut = np.sort(pooled)[n_drop - 1]
+    kept = {}
+    for gi, s in norm.items():
+        k = max(1, int((s > cut).sum()))
+        if round_to and round_to > 1:
+            k = min(len(s), int(np.ceil(k / round_to)) * round_to)
+        if k < len(s):
+            kept[gi] = top_k(s, k)
+    return kept
+
+
+def search_flops(analysis: Analysis, scores: dict[int, np.ndarray], target: float, use_global: bool,
+                 round_to=None) -> dict[int, np.ndarray]:
+    """Bisect the ratio until conv+linear MACs fall by ``target`` (a fraction in (0, 1))."""
+    if not 0.0 < target < 1.0:
+        raise PlanError(f"flops_reduction must be a fraction in (0, 1), got {target!r}")
+    keep_fn = global_keep if use_global else uniform_keep
+    base = conv_linear_macs(analysis, {})
+    lo, hi = 0.0, 0.999
+    best = {}
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        kept = keep_fn(analysis, scores, mid, round_to)
+        reduction = 1.0 - conv_linear_macs(analysis, kept) / base
+        best = kept
+        if abs(reduction - target) <= TOLERANCE / 4:
+            break
+        lo, hi = (mid, hi) if reduction < target else (lo, mid)
+    final = 1.0 - conv_linear_macs(analysis, best) / base
+    if abs(final - target) > TOLERANCE:
+        raise PlanError(
+            f"cannot reach a {target:.0%} FLOPs reduction (closest: {final:.1%}); the prunable channels "
+            "do not allow it: fewer frozen groups (see fxprune.analyze) or a smaller target"
+        )
+    return best

@@ -1,0 +1,63 @@
+"""Network-wide budgets: FLOPs targets and global ranking (passes/budget.py)."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import fxprune
+from fxprune.models import get_model
+from fxprune.report import count
+from passes.budget import conv_linear_macs
+from conftest import conv_linear_counts, prune_and_check, randomize
+
+
+def test_flops_reduction_half_on_resnet50():
+    model = randomize(torchvision.models.resnet50())
+    x = torch.randn(1, 3, 224, 224)
+    small, _ = prune_and_check(model, x, criterion="l1", flops_reduction=0.5)
+    before, after = count(model, x).macs_conv_linear, count(small, x).macs_conv_linear
+    assert 0.48 <= 1 - after / before <= 0.52
+
+
+@pytest.mark.parametrize("criterion", ["l1", "graph"])
+def test_flops_reduction_global_on_seed_resnet(criterion):
+    model = randomize(get_model("resnet56"))
+    x = torch.randn(2, 3, 32, 32)
+    small, _ = prune_and_check(model, x, criterion=criterion, flops_reduction=0.3, global_ratio=True)
+    before, after = conv_linear_counts(model, x)[0], conv_linear_counts(small, x)[0]
+    assert 0.28 <= 1 - after / before <= 0.32
+
+
+def test_analytic_macs_match_a_hand_count():
+    model = randomize(get_model("resnet20"))
+    x = torch.randn(1, 3, 32, 32)
+    analysis = fxprune.analyze(model, x)
+    assert conv_linear_macs(analysis, {}) == conv_linear_counts(model, x)[0]
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.4)
+    plan = fxprune.plan(model, x, criterion="l1", ratio=0.4)
+    from passes.plan import kept_from_plan
+
+    assert conv_linear_macs(analysis, kept_from_plan(analysis, plan)) == conv_linear_counts(small, x)[0]
+
+
+def test_global_ratio_prunes_unevenly_but_keeps_every_group_alive():
+    model = randomize(get_model("vgg16_bn"))
+    with torch.no_grad():  # one layer where all but 10 filters are nearly dead
+        model.features.conv3.weight[10:].mul_(0.01)
+    x = torch.randn(1, 3, 32, 32)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.3, global_ratio=True)
+    widths = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert min(widths.values()) >= 1
+    assert widths["features.conv3"] <= 12  # its near-dead filters rank lowest network-wide
+    assert widths["features.conv1"] > 64 * 0.5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"flops_reduction": 1.2}, "flops_reduction must be a fraction"),
+    ({"flops_reduction": 0.5, "ratio": 0.3}, "either ratio= or flops_reduction="),
+    ({"global_ratio": True, "ratio": {"conv1": 0.3}}, "single float"),
+    ({"global_ratio": True, "ratio": 1.5}, r"must be a number in \[0, 1\)"),
+])
+def test_budget_errors(kwargs, message):
+    with pytest.raises(fxprune.PlanError, match=message):
+        fxprune.plan(get_model("resnet20"), torch.randn(1, 3, 32, 32), criterion="l1", **kwargs)
