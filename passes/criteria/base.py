@@ -127,8 +127,23 @@ class ScoringContext:
         """
         missing = [n for n in names if (key, n) not in self._observed]
         if missing:
-            self._collect(missing, reducer, key, max_samples)
+            first_use = not any(k == key for k, _ in self._observed)
+            wanted = set(missing) | (self._map_producers() if first_use else set())
+            self._collect(sorted(wanted), reducer, key, max_samples)
         return {n: self._observed[(key, n)] for n in names}
+
+    def _map_producers(self) -> set[str]:
+        """Every conv producing 2-D feature maps in a prunable group: observed in one pass, not one per group."""
+        shapes = {n.name: n.meta.get("fxprune.shape") for n in self.analysis.gm.graph.nodes}
+        out = set()
+        for g in self.analysis.groups:
+            if g.frozen:
+                continue
+            for name, io in g.members:
+                role = self.analysis.roles.get(name)
+                if io == "out" and role is not None and role.kind == "conv" and len(shapes[role.node] or ()) == 4:
+                    out.add(name)
+        return out
 
     def _collect(self, names, reducer, key, max_samples) -> None:
         gm = self.analysis.gm

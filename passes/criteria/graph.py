@@ -13,7 +13,9 @@ Monotone counts: the greedy decomposition can keep *more* filters at a lower thr
 can split the maximum core differently). Users read the threshold as a knob, so fxprune keeps
 min(seed count at τ, seed count at every 0.01 step above τ) filters: when that is fewer than the seed's
 kept set at τ, the lowest-L1 members of that set are dropped (a subset of an independent set is still
-one). The seed's own result is returned whenever it is already monotone.
+one). The seed's own result is returned whenever it is already monotone. The scan upwards stops once
+the graph has at least as many connected components as the current count (no higher threshold can go
+lower: every component keeps a filter, and components only multiply as edges disappear).
 
 Feature maps are the producing conv's raw output (before BN), taken in eval mode (the seed leaves
 BN in training mode; eval mode keeps the user's running statistics untouched). A coupled group is
@@ -60,22 +62,23 @@ def decompose(sim: np.ndarray, l1: np.ndarray, threshold: float) -> tuple[np.nda
     -1 for kept filters)."""
     n = len(l1)
     rows, cols = np.nonzero(sim >= threshold)
-    g = igraph.Graph(n=n, edges=list(zip(rows.tolist(), cols.tolist())))
-    g.vs["name"] = list(range(n))
+    g = igraph.Graph(n=n, edges=np.column_stack([rows, cols]).tolist())
+    names = np.arange(n)  # original index of each vertex still in g
     removed_at = np.full(n, -1)
     rnd = 0
     while g.ecount() > 0:
-        core = g.coreness()
-        kmax = max(core)
-        in_core = [v for v, c in enumerate(core) if c >= kmax]
-        sub = g.induced_subgraph(in_core)
+        core = np.asarray(g.coreness())
+        in_core = np.flatnonzero(core == core.max())
+        sub = g.induced_subgraph(in_core.tolist())
         drop = []
         for comp in sub.connected_components():
-            ids = [sub.vs[v]["name"] for v in comp]
-            best = ids[int(np.argmax(l1[ids]))]
-            drop += [i for i in ids if i != best]
+            ids = names[in_core[comp]]
+            drop.append(ids[ids != ids[np.argmax(l1[ids])]])
+        drop = np.concatenate(drop)
         removed_at[drop] = rnd
-        g.delete_vertices([v.index for v in g.vs if v["name"] in set(drop)])
+        local = np.flatnonzero(np.isin(names, drop))
+        g.delete_vertices(local.tolist())
+        names = np.delete(names, local)
         rnd += 1
     return np.flatnonzero(removed_at < 0), removed_at
 
@@ -90,6 +93,8 @@ def monotone_keep(sim: np.ndarray, l1: np.ndarray, threshold: float) -> tuple[np
     grid = np.arange(np.floor(threshold / GRID_STEP + 1e-9) + 1, np.floor(1.0 / GRID_STEP + 1e-9) + 1) * GRID_STEP
     cap = len(kept)
     for level in grid[grid <= top]:
+        if _components(sim >= level) >= cap:
+            break  # components only grow with the threshold, and each keeps at least one filter
         cap = min(cap, len(decompose(sim, l1, float(level))[0]))
     if cap < len(kept):
         order = kept[np.argsort(-l1[kept], kind="stable")]
@@ -98,6 +103,12 @@ def monotone_keep(sim: np.ndarray, l1: np.ndarray, threshold: float) -> tuple[np
         removed_at[dropped] = removed_at.max(initial=0) + 1
         kept = np.sort(order[:cap])
     return kept, removed_at
+
+
+def _components(adjacency: np.ndarray) -> int:
+    from scipy.sparse.csgraph import connected_components
+
+    return connected_components(adjacency, directed=False)[0]
 
 
 class Graph(Criterion):
