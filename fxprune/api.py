@@ -107,6 +107,8 @@ def _json_safe(d: dict) -> dict:
 def apply(model: nn.Module, plan: Plan, example_inputs=None, *, leaf_modules: Iterable = ()) -> torch.fx.GraphModule:
     """Rewrite ``model`` by ``plan`` into a new, smaller GraphModule (``model`` is not modified)."""
     analysis = plan.analysis if plan.analysis is not None and _same_model(plan.analysis, model) else None
+    if analysis is not None and plan.kept is not None:
+        return _rewrite(analysis, plan.kept, plan)  # the plan was made from this very trace
     if analysis is None:
         if example_inputs is None and plan.options.get("input_shape"):
             example_inputs = tuple(torch.randn(*s) for s in plan.options["input_shape"])

@@ -29,6 +29,7 @@ class Plan:
     groups: list[dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
     analysis: Analysis | None = field(default=None, compare=False, repr=False)
+    kept: dict[int, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": PLAN_VERSION, "modules": self.modules, "groups": self.groups, "options": self.options}
@@ -102,7 +103,7 @@ def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str
                     "keep": sorted(int(i) for i in k),
                 }
             )
-    return Plan(modules=modules, groups=groups, options=options, analysis=analysis)
+    return Plan(modules=modules, groups=groups, options=options, analysis=analysis, kept=kept)
 
 
 def kept_from_plan(analysis: Analysis, plan: Plan) -> dict[int, np.ndarray]:
