@@ -17,7 +17,7 @@ import numpy as np
 from .dependency import Analysis
 from .errors import PlanError
 from .plan import kept_mask
-from .select import kept_count, top_k
+from .select import class_step, kept_count, round_up, top_k
 
 __all__ = ["conv_linear_macs", "global_keep", "uniform_keep", "search_flops"]
 
@@ -54,7 +54,7 @@ def _in_width(mod) -> int:
 def uniform_keep(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to=None) -> dict[int, np.ndarray]:
     kept = {}
     for gi, s in scores.items():
-        k = kept_count(len(s), ratio, round_to)
+        k = kept_count(len(s), ratio, class_step(analysis, gi, round_to))
         if k < len(s):
             kept[gi] = top_k(s, k)
     return kept
@@ -72,9 +72,7 @@ def global_keep(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float,
     cut = np.sort(pooled)[n_drop - 1]
     kept = {}
     for gi, s in norm.items():
-        k = max(1, int((s > cut).sum()))
-        if round_to and round_to > 1:
-            k = min(len(s), int(np.ceil(k / round_to)) * round_to)
+        k = round_up(max(1, int((s > cut).sum())), len(s), class_step(analysis, gi, round_to))
         if k < len(s):
             kept[gi] = top_k(s, k)
     return kept

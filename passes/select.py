@@ -17,7 +17,7 @@ from .criteria import Criterion, ScoringContext
 from .dependency import Analysis
 from .errors import PlanError
 
-__all__ = ["resolve_ratios", "kept_count", "select", "check_ratio", "top_k", "keep_every_layer_alive"]
+__all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive"]
 
 
 def check_ratio(r: Any, what: str = "ratio") -> float:
@@ -27,10 +27,31 @@ def check_ratio(r: Any, what: str = "ratio") -> float:
 
 
 def kept_count(n: int, ratio: float, round_to: int | None = None) -> int:
-    k = max(1, int(n * (1.0 - ratio)))
-    if round_to and round_to > 1:
-        k = min(n, int(math.ceil(k / round_to)) * round_to)
+    return round_up(max(1, int(n * (1.0 - ratio))), n, round_to)
+
+
+def round_up(k: int, n: int, step: int | None) -> int:
+    """Round a kept count up to a multiple of ``step`` (never above n)."""
+    if step and step > 1:
+        k = min(n, int(math.ceil(k / step)) * step)
     return k
+
+
+def class_step(analysis: Analysis, gi: int, round_to: int | None) -> int | None:
+    """``round_to`` counts channels; a class may hold several (a whole group of a grouped conv), so
+    round the number of classes to round_to / gcd(round_to, channels per class)."""
+    if not round_to or round_to <= 1:
+        return round_to
+    gpos, _ = analysis.class_positions()
+    for role in analysis.roles.values():
+        if role.kind in ("conv", "linear") and role.out_elems is not None:
+            roots = analysis.roots(role.out_elems)
+            mine = roots[gpos[roots] == gi]
+            if mine.size:
+                per_class = np.unique(mine, return_counts=True)[1]
+                if (per_class == per_class[0]).all():
+                    return round_to // math.gcd(round_to, int(per_class[0]))
+    return round_to
 
 
 def resolve_ratios(analysis: Analysis, ratio: float | dict[str, float]) -> dict[int, float]:
@@ -73,7 +94,7 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
         return kept
     for gi, r in ratios.items():
         g = analysis.groups[gi]
-        k = kept_count(g.n_classes, r, round_to)
+        k = kept_count(g.n_classes, r, class_step(analysis, gi, round_to))
         if k >= g.n_classes:
             continue
         scores = np.asarray(criterion.score(ctx, g), dtype=np.float64)

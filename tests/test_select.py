@@ -124,3 +124,18 @@ def test_unmatched_modules_are_not_pruned():
     model = randomize(get_model("resnet20"))
     plan = fxprune.plan(model, X32, criterion="l1", ratio={"layer2.1.conv1": 0.5})
     assert set(plan.modules) == {"layer2.1.conv1", "layer2.1.bn1", "layer2.1.conv2"}
+
+
+def test_round_to_counts_channels_not_conv_groups():
+    """A grouped conv's unit is a whole group (8 channels here): round_to=8 must not round to 8 groups."""
+    import torchvision
+
+    model = randomize(torchvision.models.regnet_x_400mf())
+    x = torch.randn(1, 3, 64, 64)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5, round_to=8)
+    grouped = [m for m in small.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    original = {m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1}
+    assert grouped and all(m.out_channels % 8 == 0 for m in grouped)
+    assert all(m.out_channels < max(original) for m in grouped if m.out_channels >= 8)
+    assert sum(m.out_channels for m in grouped) < 0.6 * sum(
+        m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
