@@ -17,7 +17,7 @@ from .criteria import Criterion, ScoringContext
 from .dependency import Analysis
 from .errors import PlanError
 
-__all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive"]
+__all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive", "layer_classes"]
 
 
 def check_ratio(r: Any, what: str = "ratio") -> float:
@@ -82,6 +82,7 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
            round_to: int | None = None) -> dict[int, np.ndarray]:
     """Kept class indices per pruned group. ``ratios=None`` lets the criterion decide (threshold)."""
     kept: dict[int, np.ndarray] = {}
+    layers = layer_classes(analysis)
     if ratios is None:
         for gi, g in enumerate(analysis.groups):
             if g.frozen:
@@ -90,7 +91,7 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
             if k is None:
                 raise PlanError(f"criterion {criterion.name!r} needs a ratio budget (ratio=...)")
             k = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
-            kept[gi] = keep_every_layer_alive(analysis, gi, k, None)
+            kept[gi] = keep_every_layer_alive(k, None, layers.get(gi, []))
         return kept
     for gi, r in ratios.items():
         g = analysis.groups[gi]
@@ -98,28 +99,36 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
         if k >= g.n_classes:
             continue
         scores = np.asarray(criterion.score(ctx, g), dtype=np.float64)
-        kept[gi] = keep_every_layer_alive(analysis, gi, top_k(scores, k), scores)
+        kept[gi] = keep_every_layer_alive(top_k(scores, k), scores, layers.get(gi, []))
     return kept
 
 
-def keep_every_layer_alive(analysis: Analysis, gi: int, kept: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
-    """A layer whose channels in this group would all go keeps its best one (else it would vanish).
-
-    Happens when a group spans layers of different widths, e.g. a grouped conv reading a concatenation.
-    """
+def layer_classes(analysis: Analysis) -> dict[int, list[np.ndarray]]:
+    """Per group, the classes each layer side (inputs or outputs) lying wholly in that group touches."""
     gpos, cpos = analysis.class_positions()
-    keep = set(kept.tolist())
+    out: dict[int, list[np.ndarray]] = {}
     for role in analysis.roles.values():
         for elems in (role.out_elems, role.in_elems):
             if elems is None:
                 continue
             roots = analysis.roots(elems)
-            if not (gpos[roots] == gi).all():
-                continue
-            mine = np.unique(cpos[roots])
-            if keep.isdisjoint(mine.tolist()):
-                best = mine[np.argmax(scores[mine])] if scores is not None else mine[0]
-                keep.add(int(best))
+            groups = gpos[roots]
+            if (groups == groups[0]).all():
+                out.setdefault(int(groups[0]), []).append(np.unique(cpos[roots]))
+    return out
+
+
+def keep_every_layer_alive(kept: np.ndarray, scores: np.ndarray | None, layers: list[np.ndarray]) -> np.ndarray:
+    """A layer whose channels in this group would all go keeps its best one (else it would vanish).
+
+    Happens when a group spans layers of different widths, e.g. a grouped conv reading a concatenation.
+    ``layers`` is this group's entry of :func:`layer_classes`.
+    """
+    keep = set(kept.tolist())
+    for mine in layers:
+        if keep.isdisjoint(mine.tolist()):
+            best = mine[np.argmax(scores[mine])] if scores is not None else mine[0]
+            keep.add(int(best))
     return np.array(sorted(keep), dtype=np.int64)
 
 
