@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import VerificationError
 
-__all__ = ["masked_reference", "verify_against"]
+__all__ = ["masked_reference", "verify_against", "main_output"]
 
 MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -44,15 +44,16 @@ def _mask_hook(mask: torch.Tensor, channel_last: bool):
     return hook
 
 
-def _main_output(out: Any) -> torch.Tensor:
+def main_output(out: Any) -> torch.Tensor:
+    """The main output of a model: a tensor, ``.logits``, the first of a tuple, or a dict's first value."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "logits"):
         return out.logits
     if isinstance(out, (tuple, list)):
-        return _main_output(out[0])
+        return main_output(out[0])
     if isinstance(out, dict):
-        return _main_output(next(iter(out.values())))
+        return main_output(next(iter(out.values())))
     raise VerificationError(f"cannot compare model outputs of type {type(out).__name__}")
 
 
@@ -67,8 +68,8 @@ def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dic
     ref = masked_reference(original, modules)
     small_eval = copy.deepcopy(small).eval()
     with torch.no_grad():
-        a = _main_output(ref(*inputs))
-        b = _main_output(small_eval(*inputs))
+        a = main_output(ref(*inputs))
+        b = main_output(small_eval(*inputs))
     if a.shape != b.shape:
         raise VerificationError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
     err = relative_error(a, b) if torch.isfinite(b).all() else float("inf")

@@ -19,25 +19,13 @@ import torch.nn.functional as F
 
 from ..errors import PlanError
 from . import register
+from ..verify import main_output
 from .base import Criterion, ScoringContext
 
 __all__ = ["taylor_scores", "Taylor"]
 
 DEFAULT_SAMPLES = 128
 _KEY = "taylor"
-
-
-def _logits(out):
-    """The main output of a model: a tensor, ``.logits``, the first of a tuple, or a dict's first value."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)):
-        return _logits(out[0])
-    if isinstance(out, dict):
-        return _logits(next(iter(out.values())))
-    raise PlanError(f"criterion 'taylor' cannot read logits from a model output of type {type(out).__name__}")
 
 
 def _labelled_batches(data, max_samples: int):
@@ -72,7 +60,7 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
     total = 0
     with torch.enable_grad():
         for x, y in _labelled_batches(ctx.data, samples):
-            F.cross_entropy(_logits(gm(x)), y, reduction="sum").backward()
+            F.cross_entropy(main_output(gm(x)), y, reduction="sum").backward()
             total += x.shape[0]
     if total == 0:
         raise PlanError("criterion 'taylor': data= holds no samples")
