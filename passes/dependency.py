@@ -6,6 +6,11 @@ elements from its inputs to its output (see :mod:`passes.layout`). Rules unite c
 outputs). An op without a rule *freezes* every element it touches and records why: nothing is ever
 assumed element-wise. Channels that reach a graph output or come from a graph input are frozen too.
 
+*Mixing* ops (a LayerNorm over the channels, a contraction over channels such as attention's q·k)
+may be pruned, but the pruned model then only approximates the masked original: their groups are
+marked ``mixing`` (with the reasons), so callers know :func:`fxprune.verify` is not expected to hold
+there. With ``strict=True`` such channels are frozen instead, and verify holds exactly.
+
 Result: an :class:`Analysis` with the channel groups (connected sets of channel spaces), their
 classes (the units a plan keeps or drops), how every parameterized module reads and writes them,
 and the graph edits (shape constants, pads, split sizes, sliced attributes) a rewrite must make.
@@ -64,22 +69,35 @@ class ModuleRole:
 
 @dataclass
 class ChannelGroup:
-    """Channels that must be pruned together, as ``n_classes`` keep-or-drop units."""
+    """Channels that must be pruned together, as ``n_classes`` keep-or-drop units.
+
+    ``mixing_reasons`` lists the channel-mixing ops (LayerNorm over the channels, q·k contractions)
+    these channels pass through: pruning such a group is allowed (``mixing`` is True) but the
+    pruned model is then not equal to the masked original, so verify is not expected to hold.
+    """
 
     id: int
     roots: np.ndarray
     members: list[tuple[str, str]]
     frozen: bool
     reasons: list[FrozenReason] = field(default_factory=list)
+    mixing_reasons: list[FrozenReason] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
         return len(self.roots)
 
+    @property
+    def mixing(self) -> bool:
+        """Pruning these channels changes what the kept ones compute (verify is approximate)."""
+        return bool(self.mixing_reasons)
+
     def __str__(self) -> str:
-        state = "FROZEN" if self.frozen else "prunable"
+        state = "FROZEN" if self.frozen else ("prunable, mixing" if self.mixing else "prunable")
         mem = ", ".join(f"{m}.{io}" for m, io in self.members[:6]) + (" ..." if len(self.members) > 6 else "")
         why = "".join(f"\n      because {r}" for r in self.reasons[:3])
+        if not self.frozen:
+            why += "".join(f"\n      mixing: {r}" for r in self.mixing_reasons[:2])
         return f"group {self.id}: {self.n_classes} channels, {state}: {mem}{why}"
 
 
@@ -98,6 +116,7 @@ class Analysis:
     shape_edits: dict[str, str]
     pads: dict[str, tuple[np.ndarray, np.ndarray]]
     frozen_reasons: list[FrozenReason]
+    edits: dict[str, list[Callable]] = field(default_factory=dict)
 
     def roots(self, elems: np.ndarray) -> np.ndarray:
         return self.root_of[np.asarray(elems, dtype=np.int64)]
@@ -111,18 +130,27 @@ class Analysis:
             cpos[g.roots] = np.arange(g.n_classes)
         return gpos, cpos
 
+    def mixing_groups(self) -> list[int]:
+        """Prunable groups whose pruning only approximates the masked original (see ChannelGroup)."""
+        return [i for i, g in enumerate(self.groups) if g.mixing and not g.frozen]
+
     def member_groups(self, name: str, io: str) -> list[int]:
         return [i for i, g in enumerate(self.groups) if (name, io) in g.members]
 
     def __str__(self) -> str:
         prunable = [g for g in self.groups if not g.frozen]
         frozen = [g for g in self.groups if g.frozen]
-        lines = [f"{len(self.groups)} channel groups: {len(prunable)} prunable, {len(frozen)} frozen"]
+        mixing = sum(g.mixing for g in prunable)
+        lines = [f"{len(self.groups)} channel groups: {len(prunable)} prunable"
+                 + (f" ({mixing} mixing: pruned, verify approximate)" if mixing else "") + f", {len(frozen)} frozen"]
         lines += ["  " + str(g) for g in self.groups]
         return "\n".join(lines)
 
 
 Rule = Callable[["Analyzer", torch.fx.Node], Any]
+
+#: Module roles whose output channels are new channels (a group needs one to be prunable).
+PRODUCER_KINDS = ("conv", "linear")
 
 
 class Analyzer:
@@ -139,6 +167,8 @@ class Analyzer:
         self.shape_edits: dict[str, str] = {}
         self.pads: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.frozen: list[tuple[np.ndarray, FrozenReason]] = []
+        self.mixing: list[tuple[np.ndarray, FrozenReason]] = []
+        self.edits: dict[str, list[Callable]] = {}
         self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.modules = dict(gm.named_modules())
 
@@ -178,25 +208,46 @@ class Analyzer:
         if arr.size:
             self.frozen.append((arr, FrozenReason(node.name, describe(node), reason)))
 
+    def mix(self, elems: Any, node: torch.fx.Node, reason: str) -> None:
+        """``node`` mixes these channels: prunable but approximate (frozen when ``strict``)."""
+        if self.strict:
+            self.freeze(elems, node, f"{reason} (strict=True)")
+            return
+        arr = _collect_elems(elems)
+        if arr.size:
+            self.mixing.append((arr, FrozenReason(node.name, describe(node), reason)))
+
     def opaque(self, node: torch.fx.Node, reason: str) -> Any:
         """No rule can follow channels through ``node``: freeze its inputs, give it frozen outputs."""
+        axis = None
         for a in node.all_input_nodes:
-            self.freeze(self.layouts.get(a), node, reason)
-        out = self.fresh_like(node.meta.get(SHAPE))
+            lay = self.layouts.get(a)
+            self.freeze(lay, node, reason)
+            if axis is None and isinstance(lay, Layout) and len(lay.varying_dims()) == 1:
+                axis = (lay.varying_dims()[0], lay.ndim)
+        out = self.fresh_like(node.meta.get(SHAPE), axis)
         self.freeze(out, node, reason)
         return out
 
-    def fresh_like(self, shape: Any) -> Any:
+    def fresh_like(self, shape: Any, axis: tuple[int, int] | None = None) -> Any:
+        """Fresh elements for a tensor of ``shape``: along dim 1, or along ``axis[0]`` when the
+        tensor has the ``axis[1]`` dims of the input it comes from (a channels-last tensor)."""
         if isinstance(shape, torch.Size):
             dim = 1 if len(shape) >= 2 else 0
+            if axis is not None and axis[1] == len(shape) and axis[0] < len(shape):
+                dim = axis[0]
             return self.fresh(shape[dim] if len(shape) else 1, dim, max(len(shape), 1))
         if isinstance(shape, (tuple, list)):
-            return tuple(self.fresh_like(s) for s in shape)
+            return tuple(self.fresh_like(s, axis) for s in shape)
         return None
 
-    def record_module(self, node: torch.fx.Node, kind: str, in_elems, out_elems) -> None:
-        """Remember how a module touches channels; a module called twice must agree with itself."""
-        name = node.target
+    def record_module(self, node: torch.fx.Node, kind: str, in_elems, out_elems, name: str | None = None) -> None:
+        """Remember how a module touches channels; a module called twice must agree with itself.
+
+        ``name`` names the module when ``node`` does not call it (a functional op reading the
+        module's weight through ``get_attr``, or a submodule of a leaf module).
+        """
+        name = node.target if name is None else name
         known = self.roles.get(name)
         if known is not None:
             for old, new in ((known.in_elems, in_elems), (known.out_elems, out_elems)):
@@ -207,6 +258,11 @@ class Analyzer:
         self.roles[name] = ModuleRole(
             name, kind, in_elems, out_elems, self.position[node], self.position[src], node.name
         )
+
+    def add_edit(self, node: torch.fx.Node, edit: Callable) -> None:
+        """Ask the rewrite to call ``edit(gm, node, analysis, keep)`` on this node of the copied graph
+        (``keep``: per element, is it kept), e.g. to swap a function for a channel-count-free one."""
+        self.edits.setdefault(node.name, []).append(edit)
 
     def record_attr_slice(self, attr_node: torch.fx.Node, dim: int, elems: np.ndarray) -> None:
         known = self.attr_slices.get(attr_node.target)
@@ -237,8 +293,10 @@ class Analyzer:
             return None
         rule = self.rules.lookup(self, node)
         if rule is None:
-            if node.meta.get(SHAPE) is None and not any(self.layouts.get(a) for a in node.all_input_nodes):
-                return None  # pure Python arithmetic on sizes: nothing to follow
+            if not any(self.layouts.get(a) is not None for a in node.all_input_nodes):
+                # pure Python arithmetic on sizes, or an op on parameters/buffers only: no channel
+                # flows in, so none flows out (where the result meets channels, rules bind it)
+                return None
             return self.opaque(node, "no dependency rule for this op")
         return rule(self, node)
 
@@ -288,6 +346,7 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
         shape_edits=an.shape_edits,
         pads=an.pads,
         frozen_reasons=[r for _, r in an.frozen],
+        edits=an.edits,
     )
 
 
@@ -312,16 +371,12 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
 
     for role in an.roles.values():
         touch(role.in_elems, (role.name, "in"), False)
-        touch(role.out_elems, (role.name, "out"), role.kind in ("conv", "linear"))
+        touch(role.out_elems, (role.name, "out"), role.kind in PRODUCER_KINDS)
     for target, (_, elems) in an.attr_slices.items():
         touch(elems, (target, "attr"), False)
 
-    frozen_by_group: dict[int, list[FrozenReason]] = {}
-    for elems, reason in an.frozen:
-        for g in np.unique(group_of[elems]).tolist():
-            lst = frozen_by_group.setdefault(g, [])
-            if reason not in lst:
-                lst.append(reason)
+    frozen_by_group = _reasons_by_group(an.frozen, group_of)
+    mixing_by_group = _reasons_by_group(an.mixing, group_of)
 
     groups = []
     class_roots = {g: np.unique(np.concatenate(r)) for g, r in roots.items()}
@@ -333,9 +388,20 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
             if any(_matches(name, pat) for pat in ignore):
                 reasons.append(FrozenReason(name, "ignore", "module listed in ignore="))
         groups.append(
-            ChannelGroup(id=len(groups), roots=class_roots[g], members=members[g], frozen=bool(reasons), reasons=reasons)
+            ChannelGroup(id=len(groups), roots=class_roots[g], members=members[g], frozen=bool(reasons),
+                         reasons=reasons, mixing_reasons=mixing_by_group.get(g, []))
         )
     return groups
+
+
+def _reasons_by_group(records: list[tuple[np.ndarray, FrozenReason]], group_of: np.ndarray) -> dict[int, list]:
+    out: dict[int, list[FrozenReason]] = {}
+    for elems, reason in records:
+        for g in np.unique(group_of[elems]).tolist():
+            lst = out.setdefault(g, [])
+            if reason not in lst:
+                lst.append(reason)
+    return out
 
 
 def _matches(name: str, pattern: str) -> bool:

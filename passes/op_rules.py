@@ -10,7 +10,12 @@ it. Kinds of rule:
 * *unify*: add/mul/cat-on-another-dim unite their operands' elements position by position;
 * *concatenate*: cat on the channel dim joins the operands' element lists;
 * *reshape*: view/permute/flatten/getitem/... run the op itself on the layout array;
+* *mix*: a LayerNorm over the channels, a sum over them in a contraction (attention's q·k): the
+  channels may be pruned, but their group is marked ``mixing`` (the pruned model only approximates
+  the masked original); ``strict=True`` freezes them instead;
 * *block*: anything that mixes channels (a softmax over them, a sum, an unknown op) freezes them.
+
+Attention, einsum and matmul rules live in :mod:`passes.attention_rules`.
 """
 from __future__ import annotations
 
@@ -130,11 +135,8 @@ def conv_rule(an, node):
 
 def _unite_conv_groups(an, conv, in_elems: np.ndarray, out_elems: np.ndarray) -> None:
     g = conv.groups
-    ins = in_elems.reshape(g, -1)
-    outs = out_elems.reshape(g, -1)
-    for i in range(g):
-        unit = np.concatenate([ins[i], outs[i]])
-        an.unify(unit[:1].repeat(len(unit) - 1), unit[1:])
+    units = np.concatenate([in_elems.reshape(g, -1), out_elems.reshape(g, -1)], axis=1)  # one row per group
+    an.unify(np.broadcast_to(units[:, :1], units[:, 1:].shape), units[:, 1:])
 
 
 @REGISTRY.module(nn.Linear)
@@ -175,24 +177,65 @@ def groupnorm_rule(an, node):
 
 @REGISTRY.module(nn.LayerNorm)
 def layernorm_rule(an, node):
-    """LayerNorm over the channel axis mixes channels: masking is not equivalent to removing.
-    ``strict=True`` freezes such groups; by default they are pruned and the norm is sliced."""
+    """LayerNorm over the channel axis mixes channels (its mean and variance run over them): removing
+    channels is not masking them. By default such channels are pruned anyway and the norm is sliced,
+    the group marked ``mixing``; ``strict=True`` freezes them. A LayerNorm over other axes (the
+    channels elsewhere) normalizes every channel on its own: channels pass through."""
     ln = an.module(node)
-    src = node.args[0]
-    lay, shape = an.layout(src), an.shape(src)
-    nd = len(ln.normalized_shape)
-    tracked = [d for d in (lay.varying_dims() if isinstance(lay, Layout) else [])]
-    if lay is None or not tracked:
-        return lay
-    if nd != 1 or tracked != [len(shape) - 1]:
-        an.freeze(lay, node, "LayerNorm over several dims including channels")
-        return lay
-    elems = lay.index.reshape(-1)
-    if an.strict:
-        an.freeze(elems, node, "LayerNorm mixes channels (strict=True)")
-    if ln.elementwise_affine:
+    elems = _layer_norm_channels(an, node, node.args[0], len(ln.normalized_shape))
+    if elems is not None and ln.elementwise_affine:
         an.record_module(node, "norm", None, elems)
-    return lay
+    return an.layout(node.args[0])
+
+
+@REGISTRY.function(F.layer_norm)
+def layer_norm_function_rule(an, node):
+    """``F.layer_norm(x, shape, weight, bias)`` (e.g. a channels-first LayerNorm2d that permutes to
+    channels-last): as :func:`layernorm_rule`; weight and bias are sliced as parameters and the
+    ``normalized_shape`` constant is rewritten."""
+    src = node.args[0]
+    shape_arg = an.value(_arg(node, 1, "normalized_shape"))
+    nd = len(shape_arg) if isinstance(shape_arg, (tuple, list)) else 1
+    elems = _layer_norm_channels(an, node, src, nd)
+    if elems is None:
+        return an.layout(src)
+    for param in (_arg(node, 2, "weight"), _arg(node, 3, "bias")):
+        if isinstance(param, torch.fx.Node):
+            if param.op == "get_attr":
+                an.record_attr_slice(param, 0, elems)
+            else:
+                an.freeze(elems, node, "LayerNorm affine parameter computed in the graph")
+    an.add_edit(node, _rewrite_normalized_shape)
+    return an.layout(src)
+
+
+def _layer_norm_channels(an, node, src, n_normalized: int) -> np.ndarray | None:
+    """The channel elements a LayerNorm normalizes over (marked mixing), or None if it normalizes
+    none (then it is per-channel) or cannot be followed (then they are frozen)."""
+    lay, shape = an.layout(src), an.shape(src)
+    if not isinstance(lay, Layout) or shape is None:
+        return None
+    tracked = lay.varying_dims()
+    normalized = set(range(len(shape) - n_normalized, len(shape)))
+    if not set(tracked) & normalized:
+        return None
+    if n_normalized != 1 or tracked != [len(shape) - 1]:
+        an.freeze(lay, node, "LayerNorm over several dims including channels")
+        return None
+    elems = lay.index.reshape(-1)
+    an.mix(elems, node, "LayerNorm normalizes over these channels (its statistics change when some are removed)")
+    return elems
+
+
+def _rewrite_normalized_shape(gm, node, analysis, keep) -> None:
+    lay = analysis.node_layouts[node.name]
+    kept = int(keep[lay.index.reshape(-1)].sum())
+    args = list(node.args)
+    if len(args) > 1:
+        args[1] = (kept,)
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, "normalized_shape": (kept,)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,14 +456,24 @@ def reshape_rule(an, node):
     """
     src = _first_tensor(an, node)
     lay = an.layout(src)
+    has_sizes = node.op == "call_method" and node.target in RESHAPES_WITH_SIZES or node.target is torch.reshape
     if lay is None:
+        if has_sizes and any(isinstance(a, torch.fx.Node) for a in _flat(node.args[1:])):
+            an.shape_edits[node.name] = "sizes"  # sizes read from another tensor may change
         return None
     out = _apply_to_layout(an, node, src, lay)
     if out is None:
         return an.opaque(node, "cannot follow channels through this reshape")
     out = _keep_split_even(an, out)
-    if node.op == "call_method" and node.target in RESHAPES_WITH_SIZES or node.target is torch.reshape:
+    if has_sizes:
         an.shape_edits[node.name] = "sizes"
+    return out
+
+
+def _flat(args) -> list:
+    out = []
+    for a in args:
+        out.extend(_flat(a) if isinstance(a, (list, tuple)) else [a])
     return out
 
 
@@ -619,3 +672,7 @@ def softmax_rule(an, node):
 def metadata_rule(an, node):
     """Reading a size is not a use of the channels (the rewritten graph reads the new size)."""
     return None
+
+
+# attention, einsum and matmul rules register themselves into REGISTRY
+from . import attention_rules  # noqa: E402,F401

@@ -3,12 +3,16 @@
 The user's model is never touched: the traced graph is deep-copied, then every planned module is
 replaced by a smaller module of the same type holding exactly the original's sliced parameters and
 buffers, under the same qualified name. Shape constants that carry channel counts (literal
-view/reshape/expand sizes, pad amounts, split sizes) are rewritten; sizes read at run time
-(``x.size(1)``) need nothing. The graph is linted and recompiled.
+view/reshape/expand sizes, pad amounts, split sizes; a size read at run time that lands on a channel
+axis whose count changes is replaced by the new count, since it may have been read from another
+tensor, e.g. ``out.reshape(B, P, D)`` with ``D`` the input's width) are rewritten. Rules may ask for
+further node edits (:meth:`~passes.dependency.Analyzer.add_edit`: a normalized_shape, a function
+swapped for one whose channel counts are free). The graph is linted and recompiled.
 """
 from __future__ import annotations
 
 import copy
+import operator
 
 import numpy as np
 import torch
@@ -22,19 +26,26 @@ from .plan import Plan, kept_mask, positions_kept
 
 __all__ = ["rewrite"]
 
+#: Module roles that no slicing here handles: the rule that recorded them edits them itself.
+EDITED_KINDS = ("attention",)
+
 
 def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torch.fx.GraphModule:
     """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan``."""
     keep = kept_mask(analysis, kept)
     gm = _copy_without_planned_tensors(analysis, plan)
     for name, io in plan.modules.items():
-        if name in analysis.roles:
+        if name in analysis.roles and analysis.roles[name].kind not in EDITED_KINDS:
             _shrink_module(gm, name, io)
     for target, (dim, _) in analysis.attr_slices.items():
         io = plan.modules.get(target)
         if io is not None:
             _slice_attr(gm, target, dim, io["out"])
     _rewrite_constants(gm, analysis, keep)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for name, edits in analysis.edits.items():
+        for edit in edits:
+            edit(gm, nodes[name], analysis, keep)
     gm.graph.lint()
     gm.recompile()
     gm.meta["fxprune.plan"] = plan
@@ -63,6 +74,8 @@ def _shrink_module(gm: torch.fx.GraphModule, name: str, io: dict) -> None:
         _shrink_linear(mod, keep_in, keep_out)
     elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
         _shrink_norm(mod, keep_out)
+    elif type(mod) is nn.Module and getattr(mod, "weight", None) is not None and mod.weight.dim() == 2:
+        _shrink_linear(mod, keep_in, keep_out)  # a linear layer the graph reads through get_attr only
     else:
         raise PlanError(f"cannot shrink module '{name}' of type {type(mod).__name__}")
 
@@ -107,26 +120,24 @@ def _shrink_conv(name: str, conv: nn.Module, keep_in, keep_out) -> None:
 def _kept_groups(name: str, conv, keep_in, keep_out) -> int:
     """Whole groups are pruned: check that, and return how many groups remain."""
     g = conv.groups
-    cin, cout = conv.in_channels // g, conv.out_channels // g
-    ins = set(range(conv.in_channels) if keep_in is None else keep_in)
-    outs = set(range(conv.out_channels) if keep_out is None else keep_out)
-    kept = []
-    for i in range(g):
-        gin = {c for c in range(i * cin, (i + 1) * cin) if c in ins}
-        gout = {c for c in range(i * cout, (i + 1) * cout) if c in outs}
-        whole = len(gin) == cin and len(gout) == cout
-        if not whole and (gin or gout):
-            raise PlanError(f"grouped conv '{name}': group {i} would be pruned partially")
-        if whole:
-            kept.append(i)
-    return len(kept)
+    ins = np.zeros(conv.in_channels, dtype=bool)
+    outs = np.zeros(conv.out_channels, dtype=bool)
+    ins[slice(None) if keep_in is None else np.asarray(keep_in, dtype=np.int64)] = True
+    outs[slice(None) if keep_out is None else np.asarray(keep_out, dtype=np.int64)] = True
+    gin, gout = ins.reshape(g, -1), outs.reshape(g, -1)
+    whole = gin.all(axis=1) & gout.all(axis=1)
+    partial = np.flatnonzero((gin.any(axis=1) | gout.any(axis=1)) & ~whole)
+    if len(partial):
+        raise PlanError(f"grouped conv '{name}': group {int(partial[0])} would be pruned partially")
+    return int(whole.sum())
 
 
-def _shrink_linear(lin: nn.Linear, keep_in, keep_out) -> None:
+def _shrink_linear(lin: nn.Module, keep_in, keep_out) -> None:
     _set_param(lin, "weight", _take(_take(lin.weight, 0, keep_out), 1, keep_in))
-    _set_param(lin, "bias", _take(lin.bias, 0, keep_out))
-    lin.in_features = len(keep_in) if keep_in is not None else lin.in_features
-    lin.out_features = len(keep_out) if keep_out is not None else lin.out_features
+    _set_param(lin, "bias", _take(getattr(lin, "bias", None), 0, keep_out))
+    if isinstance(lin, nn.Linear):
+        lin.in_features = len(keep_in) if keep_in is not None else lin.in_features
+        lin.out_features = len(keep_out) if keep_out is not None else lin.out_features
 
 
 def _shrink_norm(mod: nn.Module, keep) -> None:
@@ -187,7 +198,9 @@ def _rewrite_pad(node, analysis, keep, before, after) -> None:
 def _new_shape(node, analysis: Analysis, keep: np.ndarray) -> list[int]:
     """The node's output shape after pruning: each channel axis shrinks to its kept positions."""
     shape = list(node.meta["fxprune.shape"])
-    lay: Layout = analysis.node_layouts[node.name]
+    lay = analysis.node_layouts.get(node.name)
+    if not isinstance(lay, Layout):
+        return shape
     flags = keep[lay.index]
     for d in lay.varying_dims():
         other = tuple(i for i in range(lay.ndim) if i != d)
@@ -196,20 +209,51 @@ def _new_shape(node, analysis: Analysis, keep: np.ndarray) -> list[int]:
 
 
 def _rewrite_sizes(node, analysis, keep) -> None:
-    """Replace literal sizes in view/reshape/expand that no longer match the pruned tensor."""
+    """Make the sizes of a view/reshape/expand match the pruned tensor.
+
+    A literal equal to an old channel count becomes the new count. A size read at run time keeps
+    being read when it is read from a tensor dim that shrinks alike (``x.size(1)`` of the same
+    channels); otherwise (read from a tensor whose channels differ, or computed) it becomes the new
+    count where it changes.
+    """
     old = list(node.meta["fxprune.shape"])
     new = _new_shape(node, analysis, keep)
-    if old == new:
-        return
     args = list(node.args)
     packed = len(args) == 2 and isinstance(args[1], (tuple, list))
     sizes = list(args[1]) if packed else args[1:]
     if len(sizes) != len(old):
+        if old == new:
+            return
         raise PlanError(f"cannot rewrite the sizes of {node.format_node()}")
+    lay = analysis.node_layouts.get(node.name)
+    channel_dims = set(lay.varying_dims()) if isinstance(lay, Layout) else set()
+    changed = False
     for d, (s, o, n) in enumerate(zip(sizes, old, new)):
-        if isinstance(s, int) and s == o and o != n:
-            sizes[d] = n
-    node.args = (args[0], tuple(sizes)) if packed else (args[0], *sizes)
+        if isinstance(s, int):
+            if s == o and o != n:
+                sizes[d], changed = n, True
+        elif isinstance(s, torch.fx.Node):
+            read = _size_read(s, analysis, keep)
+            if read is not None and read[1] != n or read is None and d in channel_dims and o != n:
+                sizes[d], changed = n, True
+    if changed:
+        node.args = (args[0], tuple(sizes)) if packed else (args[0], *sizes)
+
+
+def _size_read(arg: torch.fx.Node, analysis: Analysis, keep: np.ndarray) -> tuple[int, int] | None:
+    """(old, new) value of a size read from a tensor (``x.shape[i]``, ``x.size(i)``), else None."""
+    src, dim = None, None
+    if arg.op == "call_method" and arg.target == "size" and len(arg.args) == 2:
+        src, dim = arg.args
+    elif arg.op == "call_function" and arg.target is operator.getitem and isinstance(arg.args[0], torch.fx.Node):
+        base, dim = arg.args
+        if base.op == "call_function" and base.target is getattr and base.args[1:] == ("shape",) or \
+                base.op == "call_method" and base.target == "size" and len(base.args) == 1:
+            src = base.args[0]
+    if not isinstance(src, torch.fx.Node) or not isinstance(dim, int) or not isinstance(src.meta.get("fxprune.shape"), torch.Size):
+        return None
+    old, new = list(src.meta["fxprune.shape"]), _new_shape(src, analysis, keep)
+    return old[dim], new[dim]
 
 
 def _rewrite_split(node, analysis, keep, sections: bool) -> None:

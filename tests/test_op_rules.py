@@ -1,0 +1,366 @@
+"""Dependency rules, one tiny inline model per rule: prune -> lint -> verify (exact rules) or, for
+channel-mixing ops (LayerNorm over channels, q·k contractions), the group is marked ``mixing``,
+the pruned model runs with the right shapes and the original's slices, and ``strict=True`` freezes
+those channels so verify holds exactly again."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from passes.attention_rules import PrunedMultiheadAttention, window_attention
+from passes.plan import kept_from_plan
+from conftest import n_params, prune_and_check, randomize
+
+
+def _pruned_groups(small):
+    plan = small.meta["fxprune.plan"]
+    return [plan.analysis.groups[gi] for gi in kept_from_plan(plan.analysis, plan)]
+
+
+def _mixing_check(model, x, **kwargs):
+    """Default prune of a model with mixing channels: runs, same output shape, finite, smaller,
+    a mixing group was pruned; strict=True: no mixing group pruned and verify holds exactly."""
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.5, **kwargs)
+    small.graph.lint()
+    with torch.no_grad():
+        y, ys = model(x), small(x)
+    assert ys.shape == y.shape and torch.isfinite(ys).all()
+    assert n_params(small) < n_params(model)
+    assert any(g.mixing for g in _pruned_groups(small))
+    strict, err = prune_and_check(model, x, criterion="l1", ratio=0.5, strict=True, **kwargs)
+    assert not any(g.mixing for g in _pruned_groups(strict))
+    analysis = fxprune.analyze(model, x, strict=True)
+    assert not analysis.mixing_groups()
+    return small, strict
+
+
+# ---- LayerNorm over the channel axis ----------------------------------------------------------
+class LayerNorm2d(nn.LayerNorm):
+    """ConvNeXt's channels-first LayerNorm: permute -> F.layer_norm -> permute."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ChannelsLastNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm2d = LayerNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.norm = nn.LayerNorm(16)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.norm2d(self.stem(x))
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_layernorm_over_channels_is_mixing_and_sliced():
+    model = randomize(ChannelsLastNet())
+    with torch.no_grad():
+        model.norm2d.weight.uniform_(0.5, 1.5)
+        model.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x)
+    stream = analysis.member_groups("stem", "out")[0]
+    assert analysis.groups[stream].mixing and not analysis.groups[stream].frozen
+    assert any("LayerNorm" in str(r) for r in analysis.groups[stream].mixing_reasons)
+    hidden = analysis.member_groups("fc1", "out")[0]
+    assert not analysis.groups[hidden].mixing
+
+    small, strict = _mixing_check(model, x)
+    keep = small.meta["fxprune.plan"].modules["stem"]["out"]
+    assert small.norm.normalized_shape == (len(keep),)
+    assert torch.equal(small.norm.weight, model.norm.weight[keep])
+    assert torch.equal(small.norm2d.weight, model.norm2d.weight[keep])  # F.layer_norm's get_attr weight
+    assert "stem" not in strict.meta["fxprune.plan"].modules  # frozen by strict
+    assert strict.fc1.out_features == 16  # the MLP hidden width is still pruned exactly
+
+
+def test_layernorm_over_other_axes_passes_channels():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.norm = nn.LayerNorm([6, 6])  # normalizes each channel's map on its own
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.norm(self.conv(x)))
+
+    model = randomize(Net())
+    x = torch.randn(2, 3, 6, 6)
+    assert not fxprune.analyze(model, x).mixing_groups()
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.conv.out_channels == 4
+
+
+# ---- layer scale (a get_attr parameter multiplied in) -----------------------------------------
+class LayerScaleBlock(nn.Module):
+    def __init__(self, c=12):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)  # channels-last scale
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.layer_scale * F.relu(self.conv(x))
+        y = x.permute(0, 2, 3, 1) * self.gamma
+        return self.head(y.mean((1, 2)))
+
+
+def test_layer_scale_parameters_are_sliced_and_verify():
+    model = randomize(LayerScaleBlock())
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    keep = small.meta["fxprune.plan"].modules["stem"]["out"]
+    assert torch.equal(small.layer_scale, model.layer_scale[keep])
+    assert torch.equal(small.gamma, model.gamma[keep])
+
+
+def test_convnext_block():
+    from torchvision.models.convnext import CNBlock
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 2, stride=2)
+            self.block = CNBlock(16, layer_scale=0.5, stochastic_depth_prob=0.0)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+    model = randomize(Net())
+    x = torch.randn(2, 3, 16, 16)
+    small, strict = _mixing_check(model, x)
+    assert small.block.layer_scale.shape[0] < 16
+    assert strict.get_submodule("block.block.3").out_features < 64  # MLP hidden, exact
+
+
+# ---- contractions: einsum and matmul attention ------------------------------------------------
+class EinsumAttention(nn.Module):
+    """MaxViT's relative-position attention: chunked qkv, heads by reshape, einsum, sizes read from
+    the input (``D`` is the input width, not the inner width)."""
+
+    def __init__(self, dim=16, heads=2, head_dim=8, tokens=4):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.embed = nn.Linear(5, dim)
+        self.to_qkv = nn.Linear(dim, 3 * heads * head_dim)
+        self.merge = nn.Linear(heads * head_dim, dim)
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
+        self.fc1 = nn.Linear(dim, 24)
+        self.fc2 = nn.Linear(24, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, P, D = x.shape
+        q, k, v = torch.chunk(self.to_qkv(x), 3, dim=-1)
+        q = q.reshape(B, P, self.heads, self.head_dim).permute(0, 2, 1, 3)
+        k = k.reshape(B, P, self.heads, self.head_dim).permute(0, 2, 1, 3)
+        v = v.reshape(B, P, self.heads, self.head_dim).permute(0, 2, 1, 3)
+        attn = torch.einsum("b h i d, b h j d -> b h i j", q, k * self.head_dim ** -0.5)
+        attn = F.softmax(attn + self.bias, dim=-1)
+        out = torch.einsum("bhij,bhjd->bhid", attn, v)
+        out = self.merge(out.permute(0, 2, 1, 3).reshape(B, P, D))  # D: the input's width
+        x = x + out
+        return self.fc2(F.relu(self.fc1(x))).mean(1)
+
+
+def test_einsum_attention_prunes_head_dims_equally():
+    model = randomize(EinsumAttention())
+    x = torch.randn(2, 4, 5)
+    analysis = fxprune.analyze(model, x)
+    inner = analysis.groups[analysis.member_groups("to_qkv", "out")[0]]
+    assert inner.mixing and inner.n_classes == 8  # dim j of q, k, v in both heads is one unit
+    assert any("summed over these channels" in str(r) for r in inner.mixing_reasons)
+    small, strict = _mixing_check(model, x)
+    kept = len(small.meta["fxprune.plan"].modules["merge"]["in"])
+    assert kept % 2 == 0 and small.to_qkv.out_features == 3 * kept  # heads stay, each loses dims
+    # the embedding's own stream (embed -> + merge -> fc1) is exact: strict still prunes it
+    assert strict.embed.out_features < 16
+
+
+def test_matmul_attention_and_size_read_from_another_tensor():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(6, 8)
+            self.k = nn.Linear(6, 8)
+            self.v = nn.Linear(6, 10)
+            self.out = nn.Linear(10, 6)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            n, t, c = x.shape
+            scores = self.q(x) @ self.k(x).transpose(-2, -1)
+            y = torch.matmul(scores.softmax(-1), self.v(x))
+            y = y.view(n, t, -1)
+            y = self.out(y.reshape(n * t, y.size(2)).view(n, t, 10))
+            return self.head(y.reshape(n, t, c)).sum(1)
+
+    model = randomize(Net())
+    x = torch.randn(3, 5, 6)
+    analysis = fxprune.analyze(model, x)
+    assert analysis.groups[analysis.member_groups("q", "out")[0]].mixing
+    assert not analysis.groups[analysis.member_groups("v", "out")[0]].mixing  # attn @ v: per channel
+    _mixing_check(model, x)
+
+
+# ---- nn.MultiheadAttention --------------------------------------------------------------------
+class TinyViT(nn.Module):
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.class_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 5, dim))
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.patch(x)
+        n, c, h, w = x.shape
+        x = x.reshape(n, 16, h * w).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1) + self.pos
+        y = self.ln1(x)
+        y, _ = self.attn(y, y, y, need_weights=False)
+        x = x + y
+        x = x + self.mlp(self.ln2(x))
+        return self.head(x[:, 0])
+
+
+def test_multihead_attention_embedding_and_mlp():
+    model = randomize(TinyViT())
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x)
+    stream = analysis.groups[analysis.member_groups("patch", "out")[0]]
+    assert stream.mixing and ("attn.out_proj", "out") in stream.members and ("attn", "in") in stream.members
+    small, strict = _mixing_check(model, x)
+    assert isinstance(small.attn, PrunedMultiheadAttention)
+    keep = small.meta["fxprune.plan"].modules["patch"]["out"]
+    assert torch.equal(small.attn.in_proj_weight, model.attn.in_proj_weight[:, keep])
+    assert torch.equal(small.attn.out_proj.weight, model.attn.out_proj.weight[keep])
+    assert torch.equal(small.class_token, model.class_token[..., keep])
+    assert torch.equal(small.pos, model.pos[..., keep])
+    assert isinstance(strict.attn, nn.MultiheadAttention) and strict.get_submodule("mlp.0").out_features == 16
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_pruned_multihead_attention_equals_the_original_when_nothing_is_removed(batch_first):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(12, 3, batch_first=batch_first).eval()
+    mine = PrunedMultiheadAttention.from_mha(mha, list(range(12))).eval()
+    x = torch.randn(2, 5, 12) if batch_first else torch.randn(5, 2, 12)
+    with torch.no_grad():
+        a, wa = mha(x, x, x)
+        b, wb = mine(x, x, x)
+        c, _ = mha(x, x, x, need_weights=False)
+        d, none = mine(x, x, x, need_weights=False)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(wa, wb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, d, rtol=1e-5, atol=1e-6)
+    assert none is None
+    # no data-dependent control flow: a pruned model traces again
+    torch.fx.symbolic_trace(mine, concrete_args={"key_padding_mask": None, "need_weights": False, "attn_mask": None,
+                                                 "average_attn_weights": True, "is_causal": False})
+
+
+def test_pruned_vit_exports_and_prunes_again():
+    model = randomize(TinyViT())
+    x = torch.randn(2, 3, 8, 8)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.5)
+    scripted = torch.jit.script(small)
+    torch.testing.assert_close(scripted(x), small(x))
+    again = fxprune.prune(small, x, criterion="l1", ratio=0.3)
+    assert again(x).shape == (2, 3) and n_params(again) < n_params(small)
+
+
+# ---- Swin: windowed attention function, patch merging -----------------------------------------
+def _tiny_swin(v2: bool):
+    from torchvision.models.swin_transformer import (PatchMergingV2, SwinTransformer, SwinTransformerBlockV2)
+
+    kwargs = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
+    return SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+                           num_classes=5, **kwargs)
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_window_attention(v2):
+    model = randomize(_tiny_swin(v2))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 16, 16)
+    analysis = fxprune.analyze(model, x)
+    inner = analysis.groups[analysis.member_groups("features.1.0.attn.qkv", "out")[0]]
+    assert inner.mixing and inner.n_classes == 4  # 2 heads x 4 dims: dim j of every head is a unit
+    small, strict = _mixing_check(model, x)
+    qkv = small.get_submodule("features.1.0.attn.qkv")
+    assert qkv.weight.shape[0] % 6 == 0 and qkv.weight.shape[0] < 24
+    assert any(n.target is window_attention for n in small.graph.nodes)
+    merge = small.meta["fxprune.plan"].modules.get("features.2.reduction")
+    assert merge is not None and merge["in"] is not None  # patch merging: 4 copies of the kept channels
+    torch.testing.assert_close(torch.jit.script(small)(x), small(x))
+
+
+def test_window_attention_equals_torchvision_when_nothing_is_removed():
+    from torchvision.models.swin_transformer import shifted_window_attention
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 10, 8)
+    qkv, proj = nn.Linear(8, 24), nn.Linear(8, 8)
+    rpb = torch.randn(1, 2, 16, 16)
+    for shift, logit in (([2, 2], None), ([0, 0], torch.randn(2, 1, 1))):
+        kwargs = dict(shift_size=shift, qkv_bias=qkv.bias, proj_bias=proj.bias, logit_scale=logit, training=False)
+        a = shifted_window_attention(x, qkv.weight, proj.weight, rpb, [4, 4], 2, **kwargs)
+        b = window_attention(x, qkv.weight, proj.weight, rpb, [4, 4], 2, **kwargs)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---- inputs and opaque ops ----------------------------------------------------------------------
+def test_channel_wise_ops_on_the_input_keep_later_groups_prunable():
+    """Inception's transform_input: indexing input channels is opaque, but only the (already frozen)
+    input channels are touched; the conv after it still prunes and verifies."""
+    from torchvision.models import googlenet
+
+    model = randomize(googlenet(weights=None, transform_input=True, aux_logits=False, init_weights=False,
+                                num_classes=10))
+    x = torch.randn(1, 3, 64, 64)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.3)
+    assert small.conv1.conv.out_channels < 64
+
+
+def test_opaque_op_on_channels_last_tensor_keeps_the_channel_axis():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            y = torch.cumsum(self.fc(x), dim=1)  # no rule: opaque
+            return self.head(F.relu(y))
+
+    model = randomize(Net())
+    analysis = fxprune.analyze(model, torch.randn(2, 5, 4))
+    lay = analysis.node_layouts["cumsum"]
+    assert lay.varying_dims() == [2]
+    assert all(g.frozen for g in analysis.groups if ("head", "in") in g.members)

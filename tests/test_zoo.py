@@ -1,0 +1,101 @@
+"""Every torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``,
+80 in torchvision 0.29) prunes: random weights (``weights=None``, see tests/zoo_models.py), eval mode,
+``l1`` at ratio 0.3, on the smallest input the architecture accepts.
+
+Per model: the pruned GraphModule lints and runs, its output shape is unchanged and finite, and it has
+fewer parameters. Then the masked-original oracle:
+
+* if no pruned group is ``mixing`` (every pruned channel passes only per-channel ops),
+  ``fxprune.verify`` must hold (relative error <= 1e-5);
+* otherwise (LayerNorm over the channels in ConvNeXt/Swin/ViT/MaxViT, q·k over attention head dims)
+  verify cannot hold by construction; the model is pruned again with ``strict=True``, which freezes
+  exactly those channels, and that model must still be smaller and pass verify.
+
+Float32 and conditioning: a few deep random networks (EfficientNet-V2-M/L) end in a BatchNorm that
+subtracts a large mean from a large activation, where float32 rounding alone reaches ~1e-4 relative
+error at the output (the same graphs agree to ~1e-14 in float64). When the float32 check fails, the
+same verify is rerun in float64, where it must hold to 1e-9: the compact model is then provably the
+masked original, and the float32 gap is the network's conditioning, not the pruning.
+
+Nothing is skipped: every model runs here on CPU. Auxiliary heads (GoogLeNet, Inception v3) exist
+only in training mode; the models are traced in eval mode, so the heads are not in the graph and are
+not pruned (they are dropped from the compact GraphModule).
+"""
+import copy
+import gc
+
+import pytest
+import torch
+
+import fxprune
+from fxprune import VerificationError
+from passes.plan import kept_from_plan
+from conftest import n_params
+from zoo_models import MODELS, build, example_input
+
+RTOL = 1e-5
+
+
+def verify_model(model, small, x) -> tuple[float, str]:
+    """fxprune.verify in float32; on failure, in float64 to 1e-9 (see module doc)."""
+    try:
+        return fxprune.verify(model, small, x, rtol=RTOL), "float32"
+    except VerificationError:
+        model64, small64 = copy.deepcopy(model).double(), copy.deepcopy(small).double()
+        err = fxprune.verify(model64, small64, x.double(), rtol=1e-9)
+        del model64, small64
+        return err, "float64"
+
+
+def pruned_mixing(small) -> list[int]:
+    plan = small.meta["fxprune.plan"]
+    return [gi for gi in kept_from_plan(plan.analysis, plan) if plan.analysis.groups[gi].mixing]
+
+
+def test_the_zoo_is_every_classification_model():
+    import torchvision
+
+    assert MODELS == sorted(torchvision.models.list_models(module=torchvision.models))
+    assert len(MODELS) >= 80
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_zoo_model_prunes(name):
+    model = build(name)
+    x = example_input(name)
+    before = n_params(model)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    small.graph.lint()
+    with torch.no_grad():
+        y = small(x)
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+    assert n_params(small) < before
+    if not pruned_mixing(small):
+        err, _ = verify_model(model, small, x)
+        assert err <= RTOL
+        return
+    del small
+    gc.collect()
+    strict = fxprune.prune(model, x, criterion="l1", ratio=0.3, strict=True)
+    assert not pruned_mixing(strict)
+    assert n_params(strict) < before
+    err, _ = verify_model(model, strict, x)
+    assert err <= RTOL
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_transform_input_variants(name):
+    """transform_input=True: channel-wise ops on the (frozen) input channels keep the rest prunable."""
+    import torchvision
+
+    from zoo_models import init_random, skip_default_init
+
+    with skip_default_init():
+        model = torchvision.models.get_model(name, weights=None, transform_input=True, aux_logits=False,
+                                             init_weights=False)
+    x = example_input(name)
+    init_random(model, torch.randn(2, *x.shape[1:]))
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    assert n_params(small) < n_params(model)
+    assert verify_model(model, small, x)[0] <= RTOL
