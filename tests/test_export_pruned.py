@@ -1,0 +1,68 @@
+"""Export round trips on *pruned* models, one family of each kind, every format.
+
+TorchScript is loaded in a process that never imports fxprune; torch.export and save/load must match
+to 1e-5, ONNX in onnxruntime to 1e-4.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fxprune
+from zoo_models import build, example_input
+
+MODELS = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "regnet_y_400mf",
+          "convnext_tiny"]
+HELPER = Path(__file__).parent / "helpers" / "load_torchscript.py"
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def pruned(request):
+    model = build(request.param)
+    x = example_input(request.param)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3).eval()
+    with torch.no_grad():
+        expected = small(x)
+    return request.param, small, x, expected
+
+
+def test_torchscript_without_fxprune(pruned, tmp_path):
+    name, small, x, expected = pruned
+    fxprune.export(small, tmp_path / "m.pt", format="torchscript", example_inputs=x)
+    torch.save((x,), tmp_path / "x.pt")
+    manifest = [{"model": str(tmp_path / "m.pt"), "input": str(tmp_path / "x.pt"), "output": str(tmp_path / "y.pt")}]
+    (tmp_path / "jobs.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([sys.executable, str(HELPER), str(tmp_path / "jobs.json")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = torch.load(tmp_path / "y.pt", weights_only=True)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp_min(1)
+
+
+def test_torch_export(pruned, tmp_path):
+    name, small, x, expected = pruned
+    path = fxprune.export(small, tmp_path / "m.pt2", format="export", example_inputs=x)
+    program = torch.export.load(str(path))
+    got = program.module()(x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp_min(1)
+
+
+def test_onnx(pruned, tmp_path):
+    import onnxruntime
+
+    name, small, x, expected = pruned
+    path = fxprune.export(small, tmp_path / "m.onnx", format="onnx", example_inputs=x)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_save_load(pruned, tmp_path):
+    name, small, x, expected = pruned
+    fxprune.save(small, tmp_path / "saved")
+    loaded = fxprune.load(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), expected, rtol=1e-5, atol=1e-6)
