@@ -29,10 +29,8 @@ EXIT_USAGE = 2
 
 def _ratio(text: str):
     """A number, or a JSON object / .json file of {module glob: ratio}; fxprune checks the range."""
-    try:
+    if _is_number(text):
         return float(text)
-    except ValueError:
-        pass
     try:
         raw = Path(text).read_text() if text.endswith(".json") and Path(text).is_file() else text
         value = json.loads(raw)
@@ -42,6 +40,14 @@ def _ratio(text: str):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a number, a JSON object {{\"module glob\": ratio}} or a .json file of one")
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _dataset(text: str) -> str:
