@@ -97,7 +97,19 @@ TP_MEMORY = 8e9  # bytes a Torch-Pruning run may add (its graph search explodes 
 
 def torch_pruning(model: nn.Module, x: torch.Tensor, out_shape) -> dict:
     """Torch-Pruning in a forked child (the model is shared copy-on-write), killed when it runs past
-    TP_TIMEOUT or grows past TP_MEMORY, or when the machine runs low on memory."""
+    TP_TIMEOUT or grows past TP_MEMORY; retried when the machine itself ran low on memory."""
+    for attempt in range(3):
+        result = _torch_pruning_once(model, x, out_shape)
+        if result.get("tp_error") != LOW_MEMORY:
+            return result
+        time.sleep(20)
+    return result
+
+
+LOW_MEMORY = "the machine ran low on memory (not Torch-Pruning's own growth)"
+
+
+def _torch_pruning_once(model: nn.Module, x: torch.Tensor, out_shape) -> dict:
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
@@ -117,7 +129,9 @@ def torch_pruning(model: nn.Module, x: torch.Tensor, out_shape) -> dict:
         child.kill()
         child.join()
     if result is None:
-        why = "timeout" if time.perf_counter() - start >= TP_TIMEOUT else f"killed (exit {child.exitcode}: out of memory)"
+        why = {3: f"killed: grew past {TP_MEMORY / 1e9:.0f} GB", 4: LOW_MEMORY}.get(child.exitcode, f"exit {child.exitcode}")
+        if time.perf_counter() - start >= TP_TIMEOUT:
+            why = "timeout"
         return {"tp_time": time.perf_counter() - start, "tp_ok": False, "tp_error": why}
     return result
 
@@ -129,8 +143,10 @@ def _tp_child(model, x, out_shape, send) -> None:
 
     def guard():
         while True:
-            if _rss() - base > TP_MEMORY or _available() < 3e9:
+            if _rss() - base > TP_MEMORY:
                 os._exit(3)
+            if _available() < 2e9:
+                os._exit(4)
             time.sleep(0.1)
 
     threading.Thread(target=guard, daemon=True).start()
@@ -228,6 +244,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--no-macs", action="store_true", help="skip fvcore MAC counts")
+    ap.add_argument("--merge", action="store_true", help="update these models' rows in the existing zoo.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     fxprune.prune(build("resnet18"), example_input("resnet18"), criterion="l1", ratio=RATIO)  # warm-up imports
@@ -243,7 +260,12 @@ def main() -> None:
         rows.append(row)
         gc.collect()
         print(_line(row), flush=True)
-    total = time.perf_counter() - start
+    if args.merge:
+        with open(os.path.join(ROOT, "bench", "results", "zoo.json")) as f:
+            old = {r["model"]: r for r in json.load(f)}
+        old.update({r["model"]: r for r in rows})
+        rows = [old[n] for n in MODELS if n in old]
+    total = sum(r.get("wall", 0.0) for r in rows) if args.merge else time.perf_counter() - start
     _write(rows, total, args)
 
 

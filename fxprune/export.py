@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+
+from passes.attention_rules import PrunedMultiheadAttention
 from torch import nn
 
 from fxprune.report import as_example_args
@@ -207,6 +209,8 @@ Embedding MultiheadAttention
 #: Leaf module types rebuilt from constructor arguments (name -> class).
 ALLOWED_MODULES: dict[str, type[nn.Module]] = {n: getattr(nn, n) for n in _ALLOWED_NAMES if hasattr(nn, n)}
 ALLOWED_MODULES["NonDynamicallyQuantizableLinear"] = nn.modules.linear.NonDynamicallyQuantizableLinear
+# modules the rewrite itself swaps in (a pruned nn.MultiheadAttention)
+ALLOWED_MODULES["PrunedMultiheadAttention"] = PrunedMultiheadAttention
 
 #: Containers rebuilt empty and filled child by child.
 CONTAINERS: dict[str, type[nn.Module]] = {

@@ -283,7 +283,7 @@ class PrunedMultiheadAttention(nn.Module):
             self.in_proj_bias = nn.Parameter(torch.zeros(3 * inner))
         else:
             self.register_parameter("in_proj_bias", None)
-        self.out_proj = nn.Linear(inner, out_features, bias=proj_bias)
+        self.out_proj = nn.modules.linear.NonDynamicallyQuantizableLinear(inner, out_features, bias=proj_bias)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     @classmethod

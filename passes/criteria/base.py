@@ -130,7 +130,7 @@ class ScoringContext:
             first_use = not any(k == key for k, _ in self._observed)
             wanted = set(missing) | (self._map_producers() if first_use else set())
             self._collect(sorted(wanted), reducer, key, max_samples)
-        return {n: self._observed[(key, n)] for n in names}
+        return {n: self._observed[(key, n)] for n in names if (key, n) in self._observed}
 
     def _map_producers(self) -> set[str]:
         """Every conv producing 2-D feature maps in a prunable group: observed in one pass, not one per group."""
@@ -161,6 +161,8 @@ class ScoringContext:
                 h.remove()
         for n in names:
             vals = parts[n]
+            if not vals:  # a layer only read through its weights (e.g. attention projections) never runs
+                continue
             self._observed[(key, n)] = (
                 np.concatenate(vals) if isinstance(vals[0], np.ndarray) else torch.cat(vals)
             )

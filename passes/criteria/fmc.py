@@ -250,7 +250,9 @@ class FMC(Criterion):
     @staticmethod
     def _producer_scores(ctx, p, samples: int) -> np.ndarray:
         name = p.role.name
-        maps = ctx.observe([name], _relu_maps(p.role.kind), "fmc-relu", samples)[name]
+        maps = ctx.observe([name], _relu_maps(p.role.kind), "fmc-relu", samples).get(name)
+        if maps is None:  # never ran as a module (read through its weights): no feature maps to cluster
+            return np.zeros(len(p.classes))
         if maps.shape[0] < 2:
             raise PlanError(f"criterion 'fmc' needs at least 2 calibration images, data= gave {maps.shape[0]}")
         opts = ctx.options

@@ -149,7 +149,9 @@ class Graph(Criterion):
         bits: dict[int, list[np.ndarray]] = {}
         owner: dict[int, str] = {}
         for p in producers:
-            h = maps[p.role.name]
+            h = maps.get(p.role.name)
+            if h is None:  # never ran as a module (read through its weights): no feature maps
+                continue
             for ch, c in enumerate(p.classes.tolist()):
                 if c < 0 or owner.get(c, p.role.name) != p.role.name:
                     continue
@@ -159,7 +161,9 @@ class Graph(Criterion):
 
 
 def _has_maps(ctx: ScoringContext, p: Producer) -> bool:
-    """Only producers with 2-D feature maps (N, C, H, W) have a perceptual hash."""
+    """Only convs with 2-D feature maps (N, C, H, W) have a perceptual hash (a linear on N,H,W,C has none)."""
+    if p.role.kind != "conv":
+        return False
     node = next(n for n in ctx.analysis.gm.graph.nodes if n.name == p.role.node)
     shape = node.meta.get("fxprune.shape")
     return shape is not None and len(shape) == 4
