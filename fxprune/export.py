@@ -432,7 +432,7 @@ def _description(gm: torch.fx.GraphModule) -> tuple[str, dict[str, Any], dict[st
 def save(model: torch.fx.GraphModule, directory: str | os.PathLike, overwrite: bool = False) -> Path:
     """Save a GraphModule to ``directory`` without pickle: code.py, modules.json, weights.pt.
 
-    The directory is written as ``<dir>.tmp-XXXX`` and renamed into place, so
+    The directory is written as ``<dir>.tmp-<random>`` and renamed into place, so
     readers never see a partial save. Submodules must be allow-listed torch.nn
     types (``UnsupportedModuleError`` names the offender). Hooks and non-tensor
     attributes are not saved.
