@@ -21,7 +21,6 @@ and the graph edits (shape constants, pads, split sizes, sliced attributes) a re
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,8 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .errors import UnsupportedOpError
-from .layout import Layout, UnionFind  # noqa: F401
+from .layout import Layout, UnionFind
 from .trace import SHAPE, VALUE
 
 __all__ = ["analyze", "Analysis", "ChannelGroup", "ModuleRole", "FrozenReason", "Analyzer"]
