@@ -16,7 +16,7 @@ import numpy as np
 from .dependency import Analysis
 from .errors import PlanError
 
-__all__ = ["Plan", "make_plan", "kept_mask"]
+__all__ = ["Plan", "make_plan", "kept_mask", "module_positions"]
 
 PLAN_VERSION = 1
 
@@ -72,26 +72,33 @@ def kept_mask(analysis: Analysis, kept: dict[int, np.ndarray]) -> np.ndarray:
     return keep_root[analysis.root_of]
 
 
-def positions_kept(keep: np.ndarray, elems: np.ndarray | None) -> list[int] | None:
-    """Indices of kept positions in an element list, or None when every position is kept."""
+def module_positions(analysis: Analysis, keep: np.ndarray) -> dict[str, dict[str, np.ndarray | None]]:
+    """Kept input ("in") and output ("out") positions of every module (or sliced attribute) that
+    changes, as index arrays; None for a side that keeps everything."""
+    modules: dict[str, dict[str, np.ndarray | None]] = {}
+    for name, role in analysis.roles.items():
+        io = {"in": _kept_positions(keep, role.in_elems), "out": _kept_positions(keep, role.out_elems)}
+        if io["in"] is not None or io["out"] is not None:
+            modules[name] = io
+    for target, (_, elems) in analysis.attr_slices.items():
+        out = _kept_positions(keep, elems)
+        if out is not None:
+            modules[target] = {"in": None, "out": out}
+    return modules
+
+
+def _kept_positions(keep: np.ndarray, elems: np.ndarray | None) -> np.ndarray | None:
     if elems is None:
         return None
     flags = keep[np.asarray(elems, dtype=np.int64)]
-    return None if flags.all() else np.flatnonzero(flags).tolist()
+    return None if flags.all() else np.flatnonzero(flags)
 
 
 def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str, Any]) -> Plan:
     """Turn kept classes per group into the per-module plan."""
     keep = kept_mask(analysis, kept)
-    modules: dict[str, dict[str, list[int] | None]] = {}
-    for name, role in analysis.roles.items():
-        io = {"in": positions_kept(keep, role.in_elems), "out": positions_kept(keep, role.out_elems)}
-        if io["in"] is not None or io["out"] is not None:
-            modules[name] = io
-    for target, (_, elems) in analysis.attr_slices.items():
-        out = positions_kept(keep, elems)
-        if out is not None:
-            modules[target] = {"in": None, "out": out}
+    modules = {name: {side: None if idx is None else idx.tolist() for side, idx in io.items()}
+               for name, io in module_positions(analysis, keep).items()}
     groups = []
     for gi, k in sorted(kept.items()):
         g = analysis.groups[gi]

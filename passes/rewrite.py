@@ -1,6 +1,6 @@
 """Rewrite pass: emit a new, physically smaller GraphModule from an analysis and kept classes.
 
-The user's model is never touched: the traced graph is deep-copied, then every planned module is
+The user's model is never touched: the graph and the module tree are copied (:mod:`passes.clone`), then every planned module is
 replaced by a smaller module of the same type holding exactly the original's sliced parameters and
 buffers, under the same qualified name. Shape constants that carry channel counts (literal
 view/reshape/expand sizes, pad amounts, split sizes; a size read at run time that lands on a channel
@@ -22,7 +22,8 @@ from torch import nn
 from .dependency import Analysis
 from .errors import PlanError
 from .layout import Layout
-from .plan import Plan, kept_mask, positions_kept
+from .clone import clone_tree, unshare
+from .plan import Plan, kept_mask, module_positions
 
 __all__ = ["rewrite"]
 
@@ -33,40 +34,41 @@ EDITED_KINDS = ("attention",)
 def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torch.fx.GraphModule:
     """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan``."""
     keep = kept_mask(analysis, kept)
-    gm = _copy_without_planned_tensors(analysis, plan)
-    for name, io in plan.modules.items():
+    positions = module_positions(analysis, keep)
+    root, graph = _copy_without_planned_tensors(analysis, positions)
+    for name, io in positions.items():
         if name in analysis.roles and analysis.roles[name].kind not in EDITED_KINDS:
-            _shrink_module(gm, name, io)
+            _shrink_module(root, name, io)
     for target, (dim, _) in analysis.attr_slices.items():
-        io = plan.modules.get(target)
+        io = positions.get(target)
         if io is not None:
-            _slice_attr(gm, target, dim, io["out"])
-    _rewrite_constants(gm, analysis, keep)
-    nodes = {n.name: n for n in gm.graph.nodes}
+            _slice_attr(root, target, dim, io["out"])
+    _rewrite_constants(graph, analysis, keep)
+    nodes = {n.name: n for n in graph.nodes}
     for name, edits in analysis.edits.items():
         for edit in edits:
-            edit(gm, nodes[name], analysis, keep)
-    gm.graph.lint()
-    gm.recompile()
+            edit(root, nodes[name], analysis, keep)
+    unshare(root, analysis.gm)
+    graph.lint()
+    gm = torch.fx.GraphModule(root, graph, type(analysis.gm).__name__)  # generates the code once
+    gm.meta.update(analysis.gm.meta)
     gm.meta["fxprune.plan"] = plan
     return gm
 
 
-def _copy_without_planned_tensors(analysis: Analysis, plan: Plan) -> torch.fx.GraphModule:
-    """Deep-copy the graph module but not the tensors about to be sliced (they are replaced anyway)."""
-    memo: dict[int, object] = {}
-    for name in plan.modules:
+def _copy_without_planned_tensors(analysis: Analysis, positions: dict) -> tuple[nn.Module, torch.fx.Graph]:
+    """Copy the module tree and the graph, but not the tensors about to be sliced (see passes.clone)."""
+    deferred = []
+    for name in positions:
         if name in analysis.roles:
-            for t in list(analysis.gm.get_submodule(name).parameters(recurse=False)) + list(
-                analysis.gm.get_submodule(name).buffers(recurse=False)
-            ):
-                memo[id(t)] = t
-    return copy.deepcopy(analysis.gm, memo)
+            mod = analysis.gm.get_submodule(name)
+            deferred += list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+    return clone_tree(analysis.gm, deferred), copy.deepcopy(analysis.gm.graph)
 
 
 # ---- modules ----------------------------------------------------------------------------------
-def _shrink_module(gm: torch.fx.GraphModule, name: str, io: dict) -> None:
-    mod = gm.get_submodule(name)
+def _shrink_module(root: nn.Module, name: str, io: dict) -> None:
+    mod = root.get_submodule(name)
     keep_in, keep_out = io.get("in"), io.get("out")
     if isinstance(mod, nn.modules.conv._ConvNd):
         _shrink_conv(name, mod, keep_in, keep_out)
@@ -80,10 +82,17 @@ def _shrink_module(gm: torch.fx.GraphModule, name: str, io: dict) -> None:
         raise PlanError(f"cannot shrink module '{name}' of type {type(mod).__name__}")
 
 
-def _take(t: torch.Tensor | None, dim: int, idx: list[int] | None) -> torch.Tensor | None:
+#: dtypes sliced with ``np.take`` on CPU: one thread gathers an inner dim about 2x faster there.
+_NUMPY_SLICED = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)
+
+
+def _take(t: torch.Tensor | None, dim: int, idx: np.ndarray | None) -> torch.Tensor | None:
     if t is None or idx is None:
         return t
-    return t.detach().index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device))
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype in _NUMPY_SLICED and t.layout == torch.strided:
+        return torch.from_numpy(np.take(t.numpy(), idx, axis=dim))
+    return t.index_select(dim, torch.from_numpy(idx).to(t.device))
 
 
 def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
@@ -101,7 +110,7 @@ def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
 
 
 def _shrink_conv(name: str, conv: nn.Module, keep_in, keep_out) -> None:
-    if keep_out is not None and not keep_out or keep_in is not None and not keep_in:
+    if keep_out is not None and len(keep_out) == 0 or keep_in is not None and len(keep_in) == 0:
         raise PlanError(f"the plan removes every channel of conv '{name}'; keep at least one")
     w = conv.weight
     if conv.groups == 1:
@@ -122,8 +131,8 @@ def _kept_groups(name: str, conv, keep_in, keep_out) -> int:
     g = conv.groups
     ins = np.zeros(conv.in_channels, dtype=bool)
     outs = np.zeros(conv.out_channels, dtype=bool)
-    ins[slice(None) if keep_in is None else np.asarray(keep_in, dtype=np.int64)] = True
-    outs[slice(None) if keep_out is None else np.asarray(keep_out, dtype=np.int64)] = True
+    ins[slice(None) if keep_in is None else keep_in] = True
+    outs[slice(None) if keep_out is None else keep_out] = True
     gin, gout = ins.reshape(g, -1), outs.reshape(g, -1)
     whole = gin.all(axis=1) & gout.all(axis=1)
     partial = np.flatnonzero((gin.any(axis=1) | gout.any(axis=1)) & ~whole)
@@ -155,17 +164,17 @@ def _shrink_norm(mod: nn.Module, keep) -> None:
         mod.num_features = len(keep)
 
 
-def _slice_attr(gm: torch.fx.GraphModule, target: str, dim: int, keep) -> None:
+def _slice_attr(root: nn.Module, target: str, dim: int, keep) -> None:
     if keep is None:
         return
     *path, attr = target.split(".")
-    owner = gm.get_submodule(".".join(path)) if path else gm
+    owner = root.get_submodule(".".join(path)) if path else root
     _set_param(owner, attr, _take(getattr(owner, attr), dim, keep))
 
 
 # ---- graph constants --------------------------------------------------------------------------
-def _rewrite_constants(gm: torch.fx.GraphModule, analysis: Analysis, keep: np.ndarray) -> None:
-    nodes = {n.name: n for n in gm.graph.nodes}
+def _rewrite_constants(graph: torch.fx.Graph, analysis: Analysis, keep: np.ndarray) -> None:
+    nodes = {n.name: n for n in graph.nodes}
     for name, (before, after) in analysis.pads.items():
         _rewrite_pad(nodes[name], analysis, keep, before, after)
     for name, kind in analysis.shape_edits.items():

@@ -1,31 +1,30 @@
-"""Trace pass: model -> ``torch.fx.GraphModule`` with every node's shape recorded.
+"""Trace pass: model -> ``torch.fx.GraphModule`` with every node's shape recorded (see
+:mod:`passes.shapes`: meta tensors, so the cost is the same for a 1x3x32x32 and a 64x3x224x224
+example).
 
-Shapes are propagated with fake tensors, so no real convolution runs: the cost is the same for a
-1x3x32x32 and a 64x3x224x224 example. Analyses read ``node.meta["fxprune.shape"]`` (a ``torch.Size``,
-or a tuple of them for ops that return several tensors) and ``node.meta["fxprune.value"]`` (the Python
-value of non-tensor nodes such as ``x.size(1)``).
+The GraphModule's Python code is generated on its first call, not here: the analysis only walks the
+graph, and most calls never run it.
 """
 from __future__ import annotations
 
 import fnmatch
-import logging
 import os
 import traceback
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.node import map_aggregate
 
 from .errors import UntraceableModelError
+from .shapes import SHAPE, VALUE, propagate_shapes
+
+try:  # code generated on first call (torch >= 2.3); a plain GraphModule otherwise
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover
+    _GraphModule = torch.fx.GraphModule
 
 __all__ = ["trace", "default_example_inputs", "propagate_shapes", "SHAPE", "VALUE"]
-
-log = logging.getLogger(__name__)
-
-SHAPE = "fxprune.shape"
-VALUE = "fxprune.value"
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -102,7 +101,7 @@ def trace(
     except Exception as e:
         raise tracer._untraceable(e) from e
     name = type(model).__name__
-    gm = torch.fx.GraphModule(tracer.root, graph, name)
+    gm = _GraphModule(tracer.root, graph, name)
     inputs = _as_tuple(example_inputs) if example_inputs is not None else default_example_inputs(model)
     try:
         propagate_shapes(gm, inputs)
@@ -129,110 +128,3 @@ def default_example_inputs(model: nn.Module, size: int = 224) -> tuple[torch.Ten
         f"cannot infer an example input for {type(model).__name__}: it has no nn.Conv2d to take the "
         "channel count from; pass example_inputs=torch.randn(...) with the shape your model expects"
     )
-
-
-# Modules whose output has their input's shape: propagation skips running them (meta-tensor
-# kernels of some activations go through slow Python decompositions).
-_SAME_SHAPE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU,
-    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.modules.batchnorm._BatchNorm,
-)
-
-
-class _ShapeInterpreter(torch.fx.Interpreter):
-    """Runs the graph once and writes every node's shape (tensors) or value (everything else)."""
-
-    def call_module(self, target, args, kwargs):
-        mod = self.fetch_attr(target)
-        x = args[0] if args else None
-        if type(mod) in _SAME_SHAPE_TYPES and isinstance(x, torch.Tensor) and x.device.type == "meta":
-            return x
-        return super().call_module(target, args, kwargs)
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        try:
-            result = super().run_node(n)
-        except Exception as e:
-            raise UntraceableModelError(
-                f"shape propagation failed at node {n.format_node()}: {type(e).__name__}: {e}"
-            ) from e
-        if _has_tensor(result):
-            n.meta[SHAPE] = map_aggregate(result, lambda r: r.shape if isinstance(r, torch.Tensor) else None)
-        else:
-            n.meta[VALUE] = result
-        return result
-
-
-def _same_shape_types() -> set[type]:
-    """Exact classes only: a subclass may change shapes in its own forward."""
-    found = set()
-    for base in _SAME_SHAPE_MODULES:
-        found.add(base)
-        if base is nn.modules.batchnorm._BatchNorm:
-            found.update({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm})
-    return found
-
-
-_SAME_SHAPE_TYPES = _same_shape_types()
-
-
-def _has_tensor(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return True
-    if isinstance(x, (tuple, list)):
-        return any(_has_tensor(y) for y in x)
-    return False
-
-
-def propagate_shapes(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    """Record every node's shape, trying the cheapest engine first.
-
-    Meta tensors (no data, no compute) cover almost every model; fake tensors cover ops without meta
-    kernels; a real eval-mode run is the last resort. The model's parameters are never touched.
-    """
-    was_training = gm.training
-    gm.eval()
-    try:
-        for engine in (_run_on_meta, _run_on_fake, _run_for_real):
-            try:
-                engine(gm, inputs)
-                return
-            except UntraceableModelError as err:
-                last = err
-                log.debug("%s failed: %s", engine.__name__, err)
-        raise last
-    finally:
-        gm.train(was_training)
-
-
-class _InterpreterHost(nn.Module):
-    """Lets ``torch.func.functional_call`` swap in meta parameters while the interpreter runs."""
-
-    def __init__(self, gm: torch.fx.GraphModule):
-        super().__init__()
-        self.gm = gm
-
-    def forward(self, *inputs):
-        return _ShapeInterpreter(self.gm).run(*inputs)
-
-
-def _run_on_meta(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    host = _InterpreterHost(gm)
-    state = {k: torch.empty_like(v, device="meta") for k, v in host.state_dict(keep_vars=True).items()}
-    meta_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x for x in inputs)
-    with torch.no_grad():
-        torch.func.functional_call(host, state, meta_inputs, strict=False)
-
-
-def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-    with mode, torch.no_grad():
-        _ShapeInterpreter(gm).run(*fake_inputs)
-
-
-def _run_for_real(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    with torch.no_grad():
-        _ShapeInterpreter(gm).run(*inputs)

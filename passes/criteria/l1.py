@@ -14,10 +14,18 @@ from .base import Criterion
 __all__ = ["filter_l1", "L1"]
 
 
+#: Rows summed per step: |w| of a block this size stays in reused memory (``vector_norm(ord=1)``
+#: is ~2x slower on CPU, and one |w| temporary as large as a whole layer costs fresh pages).
+_BLOCK_ELEMENTS = 1 << 20
+
+
 def filter_l1(module: nn.Module) -> np.ndarray:
     """Σ|w| over each output filter (all input channels and kernel taps)."""
     w = module.weight.detach()
-    return torch.linalg.vector_norm(w.reshape(w.shape[0], -1), ord=1, dim=1).double().cpu().numpy()
+    rows = w.reshape(w.shape[0], -1)
+    step = max(1, _BLOCK_ELEMENTS // max(1, rows.shape[1]))
+    sums = [rows[i:i + step].abs().sum(dim=1) for i in range(0, rows.shape[0], step)]
+    return torch.cat(sums).double().cpu().numpy()
 
 
 class L1(Criterion):

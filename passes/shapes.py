@@ -1,0 +1,254 @@
+"""Shape pass: record every node's output shape (or, for non-tensor nodes, its Python value).
+
+Analyses read ``node.meta["fxprune.shape"]`` (a ``torch.Size``, or a tuple of them for ops that
+return several tensors) and ``node.meta["fxprune.value"]`` (e.g. the int of ``x.size(1)``).
+
+The graph runs once on *meta* tensors (shapes and dtypes, no data), so the cost does not depend on
+the input size. Running every op through its meta kernel is still the slow part of tracing (some go
+through Python decompositions), so the common leaf modules and element-wise operators get their
+output shape from a formula (:data:`_MODULE_SHAPES`, :func:`_binary_shape`) and only the rest are
+run; a module with parameters runs with meta copies of its own tensors. Ops without meta kernels fall
+back to fake tensors, then to a real eval-mode run. The model's parameters are never touched.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import operator
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.node import map_aggregate
+
+from .errors import UntraceableModelError
+
+__all__ = ["propagate_shapes", "SHAPE", "VALUE"]
+
+log = logging.getLogger(__name__)
+
+SHAPE = "fxprune.shape"
+VALUE = "fxprune.value"
+
+#: Leaf modules whose output has their input's shape (exact classes: a subclass may differ).
+_SAME_SHAPE_TYPES = {
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU,
+    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm,
+    nn.GroupNorm, nn.LocalResponseNorm, nn.Softmax, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus,
+}
+
+
+# ---- shape formulas for leaf modules ------------------------------------------------------------
+def _conv_shape(conv: nn.modules.conv._ConvNd, shape: torch.Size) -> tuple[int, ...] | None:
+    n = len(conv.kernel_size)
+    if len(shape) not in (n + 1, n + 2) or shape[-n - 1] != conv.in_channels:
+        return None
+    if isinstance(conv.padding, str):
+        if conv.padding != "same":
+            pad = (0,) * n
+        else:
+            return (*shape[:-n - 1], conv.out_channels, *shape[-n:])
+    else:
+        pad = conv.padding
+    spatial = [
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, p, d, k, s in zip(shape[-n:], pad, conv.dilation, conv.kernel_size, conv.stride)
+    ]
+    return (*shape[:-n - 1], conv.out_channels, *spatial)
+
+
+def _linear_shape(lin: nn.Linear, shape: torch.Size) -> tuple[int, ...] | None:
+    if not shape or shape[-1] != lin.in_features:
+        return None
+    return (*shape[:-1], lin.out_features)
+
+
+def _pool_size(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """torch's pooling output size (aten pooling_output_shape)."""
+    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pool2d_shape(pool: nn.Module, shape: torch.Size) -> tuple[int, ...] | None:
+    if len(shape) not in (3, 4) or getattr(pool, "return_indices", False):
+        return None
+    pair = torch.nn.modules.utils._pair
+    k, p = pair(pool.kernel_size), pair(pool.padding)
+    s = pair(pool.stride if pool.stride is not None else pool.kernel_size)
+    d = pair(getattr(pool, "dilation", 1))
+    hw = [_pool_size(shape[i - 2], k[i], s[i], p[i], d[i], pool.ceil_mode) for i in range(2)]
+    return (*shape[:-2], *hw)
+
+
+def _adaptive2d_shape(pool: nn.Module, shape: torch.Size) -> tuple[int, ...] | None:
+    if len(shape) not in (3, 4) or getattr(pool, "return_indices", False):
+        return None
+    size = torch.nn.modules.utils._pair(pool.output_size)
+    return (*shape[:-2], *(shape[-2 + i] if size[i] is None else size[i] for i in range(2)))
+
+
+def _flatten_shape(flat: nn.Flatten, shape: torch.Size) -> tuple[int, ...] | None:
+    if not shape:
+        return None
+    start, end = flat.start_dim % len(shape), flat.end_dim % len(shape)
+    if start > end:
+        return None
+    return (*shape[:start], math.prod(shape[start:end + 1]), *shape[end + 1:])
+
+
+_MODULE_SHAPES: dict[type, Callable[[nn.Module, torch.Size], tuple[int, ...] | None]] = {
+    nn.Conv1d: _conv_shape, nn.Conv2d: _conv_shape, nn.Conv3d: _conv_shape, nn.Linear: _linear_shape,
+    nn.MaxPool2d: _pool2d_shape, nn.AvgPool2d: _pool2d_shape, nn.AdaptiveAvgPool2d: _adaptive2d_shape,
+    nn.AdaptiveMaxPool2d: _adaptive2d_shape, nn.Flatten: _flatten_shape,
+}
+
+#: Element-wise binary operators whose output shape is the broadcast of their operands.
+#: (Division is left to its kernel: int / int gives a float, which result_type does not say.)
+_BINARY = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
+_INPLACE = {operator.iadd, operator.isub, operator.imul}
+
+
+def _binary_shape(a: Any, b: Any) -> torch.Tensor | None:
+    """Meta result of ``a (op) b`` for tensors and Python numbers, or None to run the op instead."""
+    tensors = [x for x in (a, b) if isinstance(x, torch.Tensor)]
+    if not tensors or any(x.device.type != "meta" for x in tensors):
+        return None
+    if not all(isinstance(x, (torch.Tensor, int, float, bool)) for x in (a, b)):
+        return None
+    shape = torch.broadcast_shapes(*(x.shape for x in tensors))
+    return torch.empty(shape, dtype=torch.result_type(a, b), device="meta")
+
+
+def _cat_shape(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Meta result of ``torch.cat(tensors, dim)``, or None to run the op instead."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(dim, int):
+        return None
+    if not all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tensors):
+        return None
+    first = tensors[0].shape
+    if not first or any(t.dim() != len(first) for t in tensors):
+        return None  # 0-d tensors, or torch's legacy empty 1-D operands: let the kernel decide
+    d = dim % len(first)
+    if any(t.shape[:d] != first[:d] or t.shape[d + 1:] != first[d + 1:] for t in tensors):
+        return None
+    shape = (*first[:d], sum(t.shape[d] for t in tensors), *first[d + 1:])
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+# ---- the interpreter ----------------------------------------------------------------------------
+class _ShapeInterpreter(torch.fx.Interpreter):
+    """Runs the graph once and writes every node's shape (tensors) or value (everything else)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, on_meta: bool):
+        super().__init__(gm)
+        self.on_meta = on_meta
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        if self.on_meta and isinstance(value, torch.Tensor):
+            return torch.empty_like(value, device="meta")
+        return value
+
+    def call_module(self, target, args, kwargs):
+        mod = self.fetch_attr(target)
+        if not self.on_meta:
+            return super().call_module(target, args, kwargs)
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and not kwargs and len(args) == 1:
+            if type(mod) in _SAME_SHAPE_TYPES:
+                return x
+            formula = _MODULE_SHAPES.get(type(mod))
+            shape = formula(mod, x.shape) if formula is not None else None
+            if shape is not None:
+                return torch.empty(shape, dtype=x.dtype, device="meta")
+        tensors = [*mod.named_parameters(), *mod.named_buffers()]
+        state = {k: torch.empty_like(v, device="meta") for k, v in tensors}
+        return torch.func.functional_call(mod, state, tuple(args), dict(kwargs), strict=False)
+
+    def call_function(self, target, args, kwargs):
+        if self.on_meta and target is torch.cat:
+            out = _cat_shape(args, kwargs)
+            if out is not None:
+                return out
+        if self.on_meta and not kwargs and len(args) == 2:
+            if target in _BINARY:
+                out = _binary_shape(*args)
+                if out is not None:
+                    return out
+            elif target in _INPLACE and isinstance(args[0], torch.Tensor):
+                out = _binary_shape(*args)
+                if out is not None and out.shape == args[0].shape:
+                    return args[0]
+        return super().call_function(target, args, kwargs)
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as e:
+            raise UntraceableModelError(
+                f"shape propagation failed at node {n.format_node()}: {type(e).__name__}: {e}"
+            ) from e
+        if _has_tensor(result):
+            n.meta[SHAPE] = map_aggregate(result, lambda r: r.shape if isinstance(r, torch.Tensor) else None)
+        else:
+            n.meta[VALUE] = result
+        return result
+
+
+def _has_tensor(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any(_has_tensor(y) for y in x)
+    return False
+
+
+# ---- engines ------------------------------------------------------------------------------------
+def propagate_shapes(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
+    """Record every node's shape, trying the cheapest engine first.
+
+    Meta tensors (no data, no compute) cover almost every model; fake tensors cover ops without meta
+    kernels; a real eval-mode run is the last resort.
+    """
+    was_training = gm.training
+    gm.eval()
+    try:
+        for engine in (_run_on_meta, _run_on_fake, _run_for_real):
+            try:
+                engine(gm, inputs)
+                return
+            except UntraceableModelError as err:
+                last = err
+                log.debug("%s failed: %s", engine.__name__, err)
+        raise last
+    finally:
+        gm.train(was_training)
+
+
+def _run_on_meta(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
+    meta_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+    with torch.no_grad():
+        _ShapeInterpreter(gm, on_meta=True).run(*meta_inputs)
+
+
+def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
+    with mode, torch.no_grad():
+        _ShapeInterpreter(gm, on_meta=False).run(*fake_inputs)
+
+
+def _run_for_real(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        _ShapeInterpreter(gm, on_meta=False).run(*inputs)
