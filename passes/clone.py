@@ -28,6 +28,8 @@ __all__ = ["clone_tree", "unshare"]
 
 _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
               torch.memory_format)
+_SCALAR_TYPES = frozenset({int, float, bool, str, type(None)})
+_EMPTY_CONTAINERS = frozenset({dict, OrderedDict, list, set})
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
                "_load_state_dict_post_hooks")
@@ -69,10 +71,15 @@ def _clone_module(mod: nn.Module, memo: dict[int, Any]) -> nn.Module:
     memo[id(mod)] = new
     state = {}
     for key, value in mod.__dict__.items():
+        kind = type(value)
         if key in ("_parameters", "_buffers"):
             state[key] = {n: _copy_tensor(t, memo) for n, t in value.items()}
         elif key == "_modules":
             state[key] = {n: None if c is None else _clone_module(c, memo) for n, c in value.items()}
+        elif kind in _SCALAR_TYPES:
+            state[key] = value
+        elif not value and kind in _EMPTY_CONTAINERS:  # the hook dicts, mostly
+            state[key] = kind()
         else:
             state[key] = _copy_value(value, memo)
     new.__dict__.update(state)

@@ -104,9 +104,12 @@ def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
     if value.data_ptr() == old.data_ptr():
         value = value.clone()
     if isinstance(old, nn.Parameter):
-        setattr(mod, attr, nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
+        value = nn.Parameter(value, requires_grad=old.requires_grad)
+    store = mod._parameters if attr in mod._parameters else mod._buffers if attr in mod._buffers else None
+    if store is None:
         setattr(mod, attr, value)
+    else:
+        store[attr] = value  # what setattr does for a registered name, without nn.Module's checks
 
 
 def _shrink_conv(name: str, conv: nn.Module, keep_in, keep_out) -> None:
