@@ -29,7 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .layout import Layout, UnionFind
+from .layout import Layout, UnionFind, unique_ints
 from .trace import SHAPE, VALUE
 
 __all__ = ["analyze", "Analysis", "ChannelGroup", "ModuleRole", "FrozenReason", "Analyzer"]
@@ -305,10 +305,10 @@ def _collect_elems(x: Any) -> np.ndarray:
     if isinstance(x, Layout):
         return x.all_elems()
     if isinstance(x, np.ndarray):
-        return np.unique(x)
+        return unique_ints(x)
     if isinstance(x, (tuple, list)):
         parts = [_collect_elems(y) for y in x]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        return unique_ints(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     return np.zeros(0, dtype=np.int64)
 
 
@@ -359,7 +359,7 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
             return
         elems = np.asarray(elems, dtype=np.int64)
         gids = group_of[elems]
-        for g in np.unique(gids).tolist():
+        for g in unique_ints(gids).tolist():
             lst = members.setdefault(g, [])
             if member not in lst:
                 lst.append(member)
@@ -377,7 +377,7 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
     mixing_by_group = _reasons_by_group(an.mixing, group_of)
 
     groups = []
-    class_roots = {g: np.unique(np.concatenate(r)) for g, r in roots.items()}
+    class_roots = {g: unique_ints(np.concatenate(r)) for g, r in roots.items()}
     for g in sorted(members, key=lambda g: class_roots[g][0]):
         reasons = list(frozen_by_group.get(g, []))
         if g not in producers:
@@ -395,7 +395,7 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
 def _reasons_by_group(records: list[tuple[np.ndarray, FrozenReason]], group_of: np.ndarray) -> dict[int, list]:
     out: dict[int, list[FrozenReason]] = {}
     for elems, reason in records:
-        for g in np.unique(group_of[elems]).tolist():
+        for g in unique_ints(group_of[elems]).tolist():
             lst = out.setdefault(g, [])
             if reason not in lst:
                 lst.append(reason)

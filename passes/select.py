@@ -16,6 +16,7 @@ import numpy as np
 from .criteria import Criterion, ScoringContext
 from .dependency import Analysis
 from .errors import PlanError
+from .layout import unique_ints
 
 __all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive", "layer_classes"]
 
@@ -114,7 +115,7 @@ def layer_classes(analysis: Analysis) -> dict[int, list[np.ndarray]]:
             roots = analysis.roots(elems)
             groups = gpos[roots]
             if (groups == groups[0]).all():
-                out.setdefault(int(groups[0]), []).append(np.unique(cpos[roots]))
+                out.setdefault(int(groups[0]), []).append(unique_ints(cpos[roots]))
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.node import map_aggregate
+from torch.fx.node import map_aggregate, map_arg
 
 from .errors import UntraceableModelError
 
@@ -145,23 +145,75 @@ def _cat_shape(args: tuple, kwargs: dict) -> torch.Tensor | None:
 
 
 # ---- the interpreter ----------------------------------------------------------------------------
-class _ShapeInterpreter(torch.fx.Interpreter):
-    """Runs the graph once and writes every node's shape (tensors) or value (everything else)."""
+class _ShapeRunner:
+    """Runs the graph once and writes every node's shape (tensors) or value (everything else).
+
+    A plain loop rather than ``torch.fx.Interpreter``: that one's per-node bookkeeping (tracebacks,
+    current-node context) costs more than the meta ops themselves.
+    """
 
     def __init__(self, gm: torch.fx.GraphModule, on_meta: bool):
-        super().__init__(gm)
+        self.gm = gm
         self.on_meta = on_meta
+        self.modules = dict(gm.named_modules())
 
-    def get_attr(self, target, args, kwargs):
-        value = super().get_attr(target, args, kwargs)
+    def run(self, *inputs: Any) -> None:
+        env: dict[torch.fx.Node, Any] = {}
+        pending = list(inputs)
+        nodes = list(self.gm.graph.nodes)
+        last_use = {inp: node for node in nodes for inp in node.all_input_nodes}
+        for node in nodes:
+            if node.op == "output":
+                return
+            try:
+                value = self._placeholder(node, pending) if node.op == "placeholder" else self._execute(node, env)
+            except UntraceableModelError:
+                raise
+            except Exception as e:
+                raise UntraceableModelError(
+                    f"shape propagation failed at node {node.format_node()}: {type(e).__name__}: {e}"
+                ) from e
+            _record(node, value)
+            env[node] = value
+            for inp in node.all_input_nodes:
+                if last_use.get(inp) is node:
+                    del env[inp]
+
+    @staticmethod
+    def _placeholder(node: torch.fx.Node, pending: list) -> Any:
+        if node.target.startswith("*"):
+            rest, pending[:] = list(pending), []
+            return rest
+        if pending:
+            return pending.pop(0)
+        if node.args:
+            return node.args[0]  # the forward's default value
+        raise UntraceableModelError(f"the model's input '{node.target}' was not given: pass it in example_inputs")
+
+    def _execute(self, node: torch.fx.Node, env: dict) -> Any:
+        args = map_arg(node.args, env.__getitem__)
+        kwargs = map_arg(node.kwargs, env.__getitem__)
+        if node.op == "call_module":
+            return self.call_module(self.modules[node.target], args, kwargs)
+        if node.op == "call_function":
+            return self.call_function(node.target, args, kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "get_attr":
+            return self.get_attr(node.target)
+        raise UntraceableModelError(f"unknown node kind {node.op!r} at {node.format_node()}")
+
+    def get_attr(self, target: str) -> Any:
+        value = self.gm
+        for atom in target.split("."):
+            value = getattr(value, atom)
         if self.on_meta and isinstance(value, torch.Tensor):
             return torch.empty_like(value, device="meta")
         return value
 
-    def call_module(self, target, args, kwargs):
-        mod = self.fetch_attr(target)
+    def call_module(self, mod: nn.Module, args: tuple, kwargs: dict) -> Any:
         if not self.on_meta:
-            return super().call_module(target, args, kwargs)
+            return mod(*args, **kwargs)
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and not kwargs and len(args) == 1:
             if type(mod) in _SAME_SHAPE_TYPES:
@@ -174,7 +226,7 @@ class _ShapeInterpreter(torch.fx.Interpreter):
         state = {k: torch.empty_like(v, device="meta") for k, v in tensors}
         return torch.func.functional_call(mod, state, tuple(args), dict(kwargs), strict=False)
 
-    def call_function(self, target, args, kwargs):
+    def call_function(self, target: Callable, args: tuple, kwargs: dict) -> Any:
         if self.on_meta and target is torch.cat:
             out = _cat_shape(args, kwargs)
             if out is not None:
@@ -188,20 +240,14 @@ class _ShapeInterpreter(torch.fx.Interpreter):
                 out = _binary_shape(*args)
                 if out is not None and out.shape == args[0].shape:
                     return args[0]
-        return super().call_function(target, args, kwargs)
+        return target(*args, **kwargs)
 
-    def run_node(self, n: torch.fx.Node) -> Any:
-        try:
-            result = super().run_node(n)
-        except Exception as e:
-            raise UntraceableModelError(
-                f"shape propagation failed at node {n.format_node()}: {type(e).__name__}: {e}"
-            ) from e
-        if _has_tensor(result):
-            n.meta[SHAPE] = map_aggregate(result, lambda r: r.shape if isinstance(r, torch.Tensor) else None)
-        else:
-            n.meta[VALUE] = result
-        return result
+
+def _record(node: torch.fx.Node, value: Any) -> None:
+    if _has_tensor(value):
+        node.meta[SHAPE] = map_aggregate(value, lambda r: r.shape if isinstance(r, torch.Tensor) else None)
+    else:
+        node.meta[VALUE] = value
 
 
 def _has_tensor(x: Any) -> bool:
@@ -237,7 +283,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -
 def _run_on_meta(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
     meta_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     with torch.no_grad():
-        _ShapeInterpreter(gm, on_meta=True).run(*meta_inputs)
+        _ShapeRunner(gm, on_meta=True).run(*meta_inputs)
 
 
 def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
@@ -246,9 +292,9 @@ def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> No
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
     with mode, torch.no_grad():
-        _ShapeInterpreter(gm, on_meta=False).run(*fake_inputs)
+        _ShapeRunner(gm, on_meta=False).run(*fake_inputs)
 
 
 def _run_for_real(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
     with torch.no_grad():
-        _ShapeInterpreter(gm, on_meta=False).run(*inputs)
+        _ShapeRunner(gm, on_meta=False).run(*inputs)

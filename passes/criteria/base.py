@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..dependency import Analysis, ChannelGroup, ModuleRole
+from ..layout import unique_ints
 
 __all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion"]
 
@@ -55,7 +56,8 @@ class ScoringContext:
 
     def producers(self, group: ChannelGroup) -> list[Producer]:
         """The group's producing layers in leader order."""
-        gid = self.analysis.groups.index(group)
+        groups = self.analysis.groups
+        gid = group.id if group.id < len(groups) and groups[group.id] is group else groups.index(group)
         gpos, cpos = self.class_index()
         if self._modules is None:
             self._modules = dict(self.analysis.gm.named_modules())
@@ -76,7 +78,7 @@ class ScoringContext:
         for p in self.producers(group):
             s = np.asarray(per_channel(p.module), dtype=np.float64)
             ok = p.classes >= 0
-            np.add.at(scores, p.classes[ok], s[ok])
+            scores += np.bincount(p.classes[ok], weights=s[ok], minlength=group.n_classes)
         return scores
 
     def leader_first(self, group: ChannelGroup, per_producer: Callable[[Producer], np.ndarray]) -> np.ndarray:
@@ -89,7 +91,7 @@ class ScoringContext:
             s = np.asarray(per_producer(p), dtype=np.float64)
             sums = np.zeros(group.n_classes)
             np.add.at(sums, p.classes[todo], s[todo])
-            hit = np.unique(p.classes[todo])
+            hit = unique_ints(p.classes[todo])
             scores[hit] = sums[hit]
         return np.nan_to_num(scores, nan=-np.inf)
 
