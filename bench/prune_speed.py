@@ -1,7 +1,9 @@
 """How long one prune takes: fxprune vs Torch-Pruning's MagnitudePruner (build + step), same L1 ratio.
 
 Both run in this process, on one thread, on the same models and example input (1x3x224x224),
-best of --repeats fresh runs each. Prints a table and the speed ratio; writes bench/results/prune_speed.md.
+best of --repeats fresh runs each. Prints a table and the speed ratio, and where fxprune's time goes
+(the passes ``fxprune.prune`` runs, timed one by one, best of --repeats each); writes
+bench/results/prune_speed.md.
 
     .venv/bin/python bench/prune_speed.py [--ratio 0.3] [--repeats 3]
 """
@@ -17,6 +19,12 @@ import torch
 import torchvision
 
 import fxprune
+from passes import criteria
+from passes.dependency import analyze
+from passes.plan import make_plan
+from passes.rewrite import rewrite
+from passes.select import resolve_ratios, select
+from passes.trace import trace
 
 MODELS = ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"]
 
@@ -40,6 +48,33 @@ def time_torch_pruning(model, x, ratio) -> float:
     return time.perf_counter() - start
 
 
+PHASES = ("trace+shapes", "analyze", "score+select", "plan", "rewrite")
+
+
+def time_phases(model, x, ratio) -> dict[str, float]:
+    """The steps of ``fxprune.prune(model, x, criterion="l1", ratio=ratio)``, timed one by one."""
+    times, clock = {}, time.perf_counter
+
+    def step(name, fn):
+        start = clock()
+        out = fn()
+        times[name] = clock() - start
+        return out
+
+    gm, inputs = step("trace+shapes", lambda: trace(model, x))
+    analysis = step("analyze", lambda: analyze(gm, inputs))
+    ctx = criteria.ScoringContext(analysis, options={"criterion": "l1"})
+    kept = step("score+select", lambda: select(analysis, criteria.get("l1"), ctx, resolve_ratios(analysis, ratio)))
+    plan = step("plan", lambda: make_plan(analysis, kept, {}))
+    step("rewrite", lambda: rewrite(analysis, kept, plan))
+    return times
+
+
+def best_phases(model, x, ratio, repeats: int) -> dict[str, float]:
+    runs = [time_phases(model, x, ratio) for _ in range(repeats)]
+    return {k: min(r[k] for r in runs) for k in PHASES}
+
+
 def best_of(fn, repeats: int, *args) -> float:
     return min(fn(*args) for _ in range(repeats))
 
@@ -58,8 +93,10 @@ def main() -> None:
         time_fxprune(model, x, args.ratio)  # warm-up: imports and first-call caches
         ours = best_of(time_fxprune, args.repeats, model, x, args.ratio)
         theirs = best_of(time_torch_pruning, args.repeats, model, x, args.ratio)
-        rows.append((name, ours, theirs, theirs / ours))
-        print(f"{name:16s} fxprune {ours:7.3f}s  torch-pruning {theirs:7.3f}s  speed-up {theirs / ours:5.1f}x", flush=True)
+        phases = best_phases(model, x, args.ratio, args.repeats)
+        rows.append((name, ours, theirs, theirs / ours, phases))
+        print(f"{name:16s} fxprune {ours:7.3f}s  torch-pruning {theirs:7.3f}s  speed-up {theirs / ours:5.1f}x  "
+              + " ".join(f"{k} {v * 1e3:.1f}ms" for k, v in phases.items()), flush=True)
     ratios = [r[3] for r in rows]
     summary = f"min speed-up {min(ratios):.1f}x, median {statistics.median(ratios):.1f}x (goal: >= 5x on every model)"
     print(summary)
@@ -76,8 +113,12 @@ def _write_table(rows, summary, args) -> None:
         "| model | fxprune (s) | Torch-Pruning build+step (s) | speed-up |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {n} | {a:.3f} | {b:.3f} | {r:.1f}x |" for n, a, b, r in rows]
-    lines += ["", summary, ""]
+    lines += [f"| {n} | {a:.3f} | {b:.3f} | {r:.1f}x |" for n, a, b, r, _ in rows]
+    lines += ["", summary, "", "Where fxprune's time goes (ms, each pass timed alone, best of "
+              f"{args.repeats}):", "",
+              "| model | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+    lines += [f"| {r[0]} | " + " | ".join(f"{r[4][k] * 1e3:.1f}" for k in PHASES) + " |" for r in rows]
+    lines += [""]
     path = os.path.join(os.path.dirname(__file__), "results", "prune_speed.md")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -16,7 +16,7 @@ __all__ = ["filter_l1", "L1"]
 
 #: Rows summed per step: |w| of a block this size stays in reused memory (``vector_norm(ord=1)``
 #: is ~2x slower on CPU, and one |w| temporary as large as a whole layer costs fresh pages).
-_BLOCK_ELEMENTS = 1 << 20
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def filter_l1(module: nn.Module) -> np.ndarray:
