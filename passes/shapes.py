@@ -12,6 +12,7 @@ back to fake tensors, then to a real eval-mode run. The model's parameters are n
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import operator
@@ -265,19 +266,27 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -
     Meta tensors (no data, no compute) cover almost every model; fake tensors cover ops without meta
     kernels; a real eval-mode run is the last resort.
     """
-    was_training = gm.training
+    for engine in (_run_on_meta, _run_on_fake, _run_for_real):
+        try:
+            engine(gm, inputs)
+            return
+        except UntraceableModelError as err:
+            last = err
+            log.debug("%s failed: %s", engine.__name__, err)
+    raise last
+
+
+@contextlib.contextmanager
+def _eval_mode(gm: nn.Module):
+    """Eval mode while tensors with data run (batch norm must not update the user's statistics);
+    every module's own flag is restored after, mixed modes included."""
+    flags = [(m, m.training) for m in gm.modules()]
     gm.eval()
     try:
-        for engine in (_run_on_meta, _run_on_fake, _run_for_real):
-            try:
-                engine(gm, inputs)
-                return
-            except UntraceableModelError as err:
-                last = err
-                log.debug("%s failed: %s", engine.__name__, err)
-        raise last
+        yield
     finally:
-        gm.train(was_training)
+        for m, training in flags:
+            m.training = training
 
 
 def _run_on_meta(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
@@ -291,10 +300,10 @@ def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> No
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-    with mode, torch.no_grad():
+    with _eval_mode(gm), mode, torch.no_grad():
         _ShapeRunner(gm, on_meta=False).run(*fake_inputs)
 
 
 def _run_for_real(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    with torch.no_grad():
+    with _eval_mode(gm), torch.no_grad():
         _ShapeRunner(gm, on_meta=False).run(*inputs)

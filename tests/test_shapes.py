@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from passes.shapes import SHAPE, VALUE, _run_on_fake, _run_on_meta
+from passes.shapes import SHAPE, VALUE, _run_for_real, _run_on_fake, _run_on_meta
 from passes.trace import trace
 
 # cat (densenet), ceil-mode max pools (squeezenet, googlenet, inception), adaptive pools to 6x6
@@ -86,3 +86,15 @@ class _OddLayers(nn.Module):
 
 def test_formulas_match_kernels_on_odd_layers():
     _check_engines_agree(_OddLayers(), torch.randn(1, 3, 41, 57))
+
+
+def test_engines_leave_every_module_training_flag_as_it_was():
+    model = torchvision.models.resnet18().train()
+    model.layer2.eval()  # mixed modes: only the user decides them
+    flags = {name: m.training for name, m in model.named_modules()}
+    gm, inputs = trace(model, torch.randn(2, 3, 32, 32))
+    stats = model.bn1.running_mean.clone()
+    for engine in (_run_on_meta, _run_on_fake, _run_for_real):
+        engine(gm, inputs)
+        assert {name: m.training for name, m in model.named_modules()} == flags, engine.__name__
+    assert torch.equal(model.bn1.running_mean, stats)  # data-carrying runs are in eval mode
