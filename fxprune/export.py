@@ -29,6 +29,7 @@ from torch import nn
 
 from fxprune.report import as_example_args
 from passes.errors import FxPruneError
+from passes.modes import eval_mode
 
 __all__ = [
     "FORMATS",
@@ -89,18 +90,6 @@ def _atomic_file(path: Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Export inference graphs (BN/dropout in eval) and restore every module's flag after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 @contextlib.contextmanager
@@ -177,7 +166,7 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "torchscript
     if format == "export" and path.suffix != ".pt2":
         logger.warning("torch.export archives are expected to end in .pt2, got %s", path)
     args = as_example_args(model, example_inputs)
-    with _eval_mode(model), _atomic_file(path) as tmp:
+    with eval_mode(model), _atomic_file(path) as tmp:
         try:
             writer(model, args, tmp)
         except Exception as exc:

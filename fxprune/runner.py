@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
+from passes.modes import eval_mode
+
 from . import data as fxdata
 
 log = logging.getLogger(__name__)
@@ -372,19 +374,14 @@ def evaluate(model: nn.Module, data, device=None, *, amp=True, channels_last=Tru
 
 
 def _evaluate(model, loader, device, amp_dtype, channels_last, dctx: _Dist):
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    try:
-        with torch.inference_mode(), _autocast(device, amp_dtype):
-            for x, y in loader:
-                x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
-                out = _logits(model(x)).float()
-                sums[0] += F.cross_entropy(out, y, reduction="sum").double()
-                sums[1] += (out.argmax(1) == y).sum()
-                sums[2] += y.numel()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode(), _autocast(device, amp_dtype):
+        for x, y in loader:
+            x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+            out = _logits(model(x)).float()
+            sums[0] += F.cross_entropy(out, y, reduction="sum").double()
+            sums[1] += (out.argmax(1) == y).sum()
+            sums[2] += y.numel()
     if dctx.distributed:
         dist.all_reduce(sums)
     n = max(sums[2].item(), 1.0)

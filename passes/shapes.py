@@ -12,7 +12,6 @@ back to fake tensors, then to a real eval-mode run. The model's parameters are n
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import operator
@@ -24,6 +23,7 @@ from torch import nn
 from torch.fx.node import map_aggregate, map_arg
 
 from .errors import UntraceableModelError
+from .modes import eval_mode
 
 __all__ = ["propagate_shapes", "SHAPE", "VALUE"]
 
@@ -276,19 +276,6 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -
     raise last
 
 
-@contextlib.contextmanager
-def _eval_mode(gm: nn.Module):
-    """Eval mode while tensors with data run (batch norm must not update the user's statistics);
-    every module's own flag is restored after, mixed modes included."""
-    flags = [(m, m.training) for m in gm.modules()]
-    gm.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def _run_on_meta(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
     meta_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     with torch.no_grad():
@@ -300,10 +287,10 @@ def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> No
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-    with _eval_mode(gm), mode, torch.no_grad():
+    with eval_mode(gm), mode, torch.no_grad():
         _ShapeRunner(gm, on_meta=False).run(*fake_inputs)
 
 
 def _run_for_real(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    with _eval_mode(gm), torch.no_grad():
+    with eval_mode(gm), torch.no_grad():
         _ShapeRunner(gm, on_meta=False).run(*inputs)

@@ -93,6 +93,22 @@ def test_training_mode_model_stays_in_training_mode_and_unchanged(model):
     assert_state_unchanged(model, before)
 
 
+def test_mixed_training_modes_are_kept(model, tmp_path):
+    """A frozen part in eval under a training model (fine-tuning a head) stays as the user set it,
+    through calibration runs (graph with data) and export."""
+    model.train()
+    model.layer1.eval()
+    flags = {name: m.training for name, m in model.named_modules()}
+    data = [torch.randn(4, 3, 32, 32)]
+    small = fxprune.prune(model, X, criterion="graph", threshold=0.7, data=data)
+    assert {name: m.training for name, m in model.named_modules()} == flags
+    small.train()
+    small.layer1.eval()
+    small_flags = {name: m.training for name, m in small.named_modules()}
+    fxprune.export(small, tmp_path / "small.pt", "torchscript", example_inputs=X)
+    assert {name: m.training for name, m in small.named_modules()} == small_flags
+
+
 def test_default_example_input_is_224():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     plan = fxprune.plan(net, criterion="l1", ratio=0.3)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..dependency import Analysis, ChannelGroup, ModuleRole
 from ..layout import unique_ints
+from ..modes import eval_mode
 
 __all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion"]
 
@@ -151,14 +152,11 @@ class ScoringContext:
         gm = self.analysis.gm
         parts: dict[str, list] = {n: [] for n in names}
         handles = [gm.get_submodule(n).register_forward_hook(_reduce_into(parts[n], reducer)) for n in names]
-        was_training = gm.training
-        gm.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(gm), torch.no_grad():
                 for batch in self.batches(max_samples):
                     gm(*batch)
         finally:
-            gm.train(was_training)
             for h in handles:
                 h.remove()
         for n in names:
