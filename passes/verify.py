@@ -1,37 +1,47 @@
 """Verify pass: the compact model must equal the original with the removed channels masked out.
 
-The reference is a copy of the original whose conv and linear layers see zeros on the input
-channels the plan removes (forward pre-hooks). In float32 the relative error must stay within
-``rtol`` (1e-5); otherwise the error names the first module whose outputs diverge.
+The reference is the original itself, for the duration of the check: in eval mode, its conv and
+linear layers see zeros on the input channels the plan removes (temporary forward pre-hooks,
+removed afterwards, so the user's model is left as it was without paying for a copy of it). In
+float32 the relative error must stay within ``rtol`` (1e-5); otherwise the error names the first
+module whose outputs diverge.
 """
 from __future__ import annotations
 
-import copy
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from .errors import VerificationError
+from .modes import eval_mode
 
 __all__ = ["masked_reference", "verify_against", "main_output"]
 
 MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def masked_reference(original: nn.Module, modules: dict[str, dict]) -> nn.Module:
-    """A copy of ``original`` whose channel-mixing layers see zeros on removed input channels."""
-    ref = copy.deepcopy(original).eval()
-    named = dict(ref.named_modules())
-    for name, io in modules.items():
-        mod = named.get(name)
-        if io.get("in") is None or not isinstance(mod, MIXING):
-            continue
-        n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
-        mask = torch.zeros(n)
-        mask[torch.as_tensor(io["in"], dtype=torch.long)] = 1.0
-        mod.register_forward_pre_hook(_mask_hook(mask, channel_last=isinstance(mod, nn.Linear)))
-    return ref
+@contextlib.contextmanager
+def masked_reference(original: nn.Module, modules: dict[str, dict]) -> Iterator[nn.Module]:
+    """``original`` in eval mode with its channel-mixing layers seeing zeros on removed input channels."""
+    named = dict(original.named_modules())
+    handles = []
+    try:
+        with eval_mode(original):
+            for name, io in modules.items():
+                mod = named.get(name)
+                if io.get("in") is None or not isinstance(mod, MIXING):
+                    continue
+                n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+                mask = torch.zeros(n)
+                mask[torch.as_tensor(io["in"], dtype=torch.long)] = 1.0
+                hook = _mask_hook(mask, channel_last=isinstance(mod, nn.Linear))
+                handles.append(mod.register_forward_pre_hook(hook))
+            yield original
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _mask_hook(mask: torch.Tensor, channel_last: bool):
@@ -65,17 +75,15 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple,
                    rtol: float = 1e-5) -> float:
     """Relative error of ``small`` against the masked original; raises VerificationError above rtol."""
-    ref = masked_reference(original, modules)
-    small_eval = copy.deepcopy(small).eval()
-    with torch.no_grad():
+    with masked_reference(original, modules) as ref, eval_mode(small), torch.no_grad():
         a = main_output(ref(*inputs))
-        b = main_output(small_eval(*inputs))
-    if a.shape != b.shape:
-        raise VerificationError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
-    err = relative_error(a, b) if torch.isfinite(b).all() else float("inf")
-    if err > rtol:
-        where = first_divergence(ref, small_eval, modules, inputs, rtol)
-        raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; {where}")
+        b = main_output(small(*inputs))
+        if a.shape != b.shape:
+            raise VerificationError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
+        err = relative_error(a, b) if torch.isfinite(b).all() else float("inf")
+        if err > rtol:
+            where = first_divergence(ref, small, modules, inputs, rtol)
+            raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; {where}")
     return err
 
 

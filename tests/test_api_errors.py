@@ -145,6 +145,28 @@ def test_verify_names_the_first_diverging_module(model):
         fxprune.verify(model, small, X)
 
 
+def _hook_count(m: nn.Module) -> int:
+    return sum(len(x._forward_pre_hooks) + len(x._forward_hooks) for x in m.modules())
+
+
+def test_verify_leaves_both_models_as_they_were_even_when_it_fails(model):
+    """verify runs the user's model itself (no copy): its temporary masks and eval mode must not stay."""
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.4)
+    model.train()
+    small.train()
+    before = state_copy(model)
+    fxprune.verify(model, small, X)
+    with torch.no_grad():
+        small.get_submodule("layer2.1.conv1").weight[0] += 1.0
+    small_before = state_copy(small)
+    with pytest.raises(fxprune.VerificationError):
+        fxprune.verify(model, small, X)
+    assert _hook_count(model) == 0 and _hook_count(small) == 0
+    assert model.training and small.training and all(m.training for m in model.modules())
+    assert_state_unchanged(model, before)
+    assert_state_unchanged(small, small_before)
+
+
 def test_analysis_prints_groups_and_reasons(model):
     text = str(fxprune.analyze(model, X))
     assert "channel groups" in text and "reaches the graph output" in text and "layer1.0.conv2.out" in text
