@@ -115,7 +115,9 @@ def _copy_tensor(t: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor |
 
 def _fresh(t: torch.Tensor) -> torch.Tensor:
     data = t.detach().clone()
-    return nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else data
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(data, requires_grad=t.requires_grad)
+    return data.requires_grad_(t.requires_grad)
 
 
 def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
