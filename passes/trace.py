@@ -44,15 +44,25 @@ class _LeafTracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
-        self._entered.append((self.path_of_module(m), m))
+        """A leaf becomes one node; any other module is traced through. Unlike the base tracer, no
+        module-stack metadata is kept per node: nothing here reads it, and it is a third of the tracing time."""
+        path = self.path_of_module(m)
+        self._entered.append((path, m))
         try:
-            out = super().call_module(m, forward, args, kwargs)
+            if self.is_leaf_module(m, path):
+                out = self.create_proxy("call_module", path, args, kwargs)
+            else:
+                out = forward(*args, **kwargs)
         except UntraceableModelError:
             raise
         except Exception as e:
             raise self._untraceable(e) from e
         self._entered.pop()
         return out
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        """The graph node alone, without the base tracer's scope bookkeeping (see call_module)."""
+        return self.graph.create_node(kind, target, args, kwargs, name, type_expr)
 
     def _untraceable(self, err: Exception) -> UntraceableModelError:
         path, mod = self._entered[-1] if self._entered else ("<root>", None)
@@ -95,7 +105,7 @@ def trace(
     names, types = _split_leaves(leaf_modules)
     tracer = _LeafTracer(names, types)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(_stand_in(model))
     except UntraceableModelError:
         raise
     except Exception as e:
@@ -113,6 +123,19 @@ def trace(
             ) from e
         raise
     return gm, inputs
+
+
+def _stand_in(model: nn.Module) -> nn.Module:
+    """A new root object sharing ``model``'s submodules, parameters and buffers, to trace instead of it.
+
+    torch.fx stores each tensor constant it meets in ``forward`` (``torch.tensor([...])``, an index table)
+    as a new attribute ``_tensor_constantN`` of the traced root: on the stand-in, not on the user's model.
+    """
+    root = object.__new__(type(model))  # not type(model).__new__: GraphModule's makes a new class per call
+    root.__dict__.update(model.__dict__)
+    for store in ("_modules", "_parameters", "_buffers"):
+        root.__dict__[store] = dict(model.__dict__[store])
+    return root
 
 
 def _as_tuple(x) -> tuple[torch.Tensor, ...]:

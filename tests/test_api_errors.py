@@ -145,6 +145,25 @@ def test_verify_names_the_first_diverging_module(model):
         fxprune.verify(model, small, X)
 
 
+class _WithConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x) * torch.tensor([0.5]))  # torch.fx stores this as a root attribute
+
+
+def test_tracing_adds_no_attribute_to_the_users_model():
+    net = _WithConstant().eval()
+    before = dict(net.__dict__)
+    small = fxprune.prune(net, X, criterion="l1", ratio=0.5)
+    assert set(net.__dict__) == set(before) and all(net.__dict__[k] is v for k, v in before.items())
+    assert any(n.op == "get_attr" for n in small.graph.nodes)  # the constant lives in the pruned model
+    fxprune.verify(net, small, X)
+
+
 def _hook_count(m: nn.Module) -> int:
     return sum(len(x._forward_pre_hooks) + len(x._forward_hooks) for x in m.modules())
 
