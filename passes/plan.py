@@ -107,7 +107,7 @@ def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str
                 {
                     "members": [list(m) for m in g.members],
                     "channels": int(g.n_classes),
-                    "keep": sorted(int(i) for i in k),
+                    "keep": sorted(np.asarray(k, dtype=np.int64).tolist()),
                 }
             )
     return Plan(modules=modules, groups=groups, options=options, analysis=analysis, kept=kept)
