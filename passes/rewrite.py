@@ -1,13 +1,14 @@
 """Rewrite pass: emit a new, physically smaller GraphModule from an analysis and kept classes.
 
-The user's model is never touched: the graph and the module tree are copied (:mod:`passes.clone`), then every planned module is
-replaced by a smaller module of the same type holding exactly the original's sliced parameters and
-buffers, under the same qualified name. Shape constants that carry channel counts (literal
-view/reshape/expand sizes, pad amounts, split sizes; a size read at run time that lands on a channel
-axis whose count changes is replaced by the new count, since it may have been read from another
-tensor, e.g. ``out.reshape(B, P, D)`` with ``D`` the input's width) are rewritten. Rules may ask for
-further node edits (:meth:`~passes.dependency.Analyzer.add_edit`: a normalized_shape, a function
-swapped for one whose channel counts are free). The graph is linted and recompiled.
+The user's model is never touched: the graph and the module tree are copied (:mod:`passes.clone`),
+then every planned module is replaced by a smaller module of the same type holding exactly the
+original's sliced parameters and buffers, under the same qualified name. Shape constants that carry
+channel counts (literal view/reshape/expand sizes, pad amounts, split sizes; a size read at run time
+that lands on a channel axis whose count changes is replaced by the new count, since it may have
+been read from another tensor, e.g. ``out.reshape(B, P, D)`` with ``D`` the input's width) are
+rewritten. Rules may ask for further node edits (:meth:`~passes.dependency.Analyzer.add_edit`: a
+normalized_shape, a function swapped for one whose channel counts are free). The graph is linted and
+its code generated once.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import torch
 import torch.fx
 from torch import nn
 
+from .clone import clone_tree, unshare
 from .dependency import Analysis
 from .errors import PlanError
 from .layout import Layout
-from .clone import clone_tree, unshare
 from .plan import Plan, kept_mask, module_positions
 
 __all__ = ["rewrite"]
