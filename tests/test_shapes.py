@@ -98,3 +98,26 @@ def test_engines_leave_every_module_training_flag_as_it_was():
         engine(gm, inputs)
         assert {name: m.training for name, m in model.named_modules()} == flags, engine.__name__
     assert torch.equal(model.bn1.running_mean, stats)  # data-carrying runs are in eval mode
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Conv2d(3, 8, (3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), padding_mode="reflect"), (2, 3, 41, 57)),
+    (nn.Conv2d(8, 8, 3, padding="same", groups=4), (1, 8, 9, 10)),
+    (nn.Conv2d(8, 6, 2, padding="valid"), (8, 9, 10)),
+    (nn.Conv1d(6, 4, 3, stride=2), (1, 6, 33)),
+    (nn.Conv3d(1, 2, (1, 3, 3), padding=(0, 1, 1)), (1, 1, 2, 7, 7)),
+    (nn.Linear(7, 5), (2, 3, 7)),
+    (nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), (1, 4, 10, 11)),
+    (nn.MaxPool2d(2, ceil_mode=True, dilation=2), (1, 4, 11, 12)),
+    (nn.AvgPool2d((2, 3), stride=(2, 1), ceil_mode=True, count_include_pad=False), (1, 4, 9, 9)),
+    (nn.AdaptiveAvgPool2d((None, 3)), (1, 4, 9, 8)),
+    (nn.AdaptiveMaxPool2d(1), (4, 9, 8)),
+    (nn.Flatten(1, 2), (2, 3, 4, 5)),
+])
+def test_each_formula_gives_the_kernels_shape(layer, shape):
+    from passes.shapes import _MODULE_SHAPES
+
+    formula = _MODULE_SHAPES[type(layer)](layer, torch.Size(shape))
+    assert formula is not None, "the formula declined a layer it is meant to cover"
+    expected = layer.to("meta")(torch.empty(shape, device="meta")).shape
+    assert tuple(formula) == tuple(expected)
