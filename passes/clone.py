@@ -26,10 +26,10 @@ from torch import nn
 
 __all__ = ["clone_tree", "unshare"]
 
-_IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
-              torch.memory_format)
-_SCALAR_TYPES = frozenset({int, float, bool, str, type(None)})
-_EMPTY_CONTAINERS = frozenset({dict, OrderedDict, list, set})
+#: Attribute types reused as they are (exact types: checked with one set lookup per attribute).
+_IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
+                        torch.memory_format})
+_FLAT_CONTAINERS = frozenset({dict, OrderedDict, list, set})
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
                "_load_state_dict_post_hooks")
@@ -76,9 +76,9 @@ def _clone_module(mod: nn.Module, memo: dict[int, Any]) -> nn.Module:
             state[key] = {n: _copy_tensor(t, memo) for n, t in value.items()}
         elif key == "_modules":
             state[key] = {n: None if c is None else _clone_module(c, memo) for n, c in value.items()}
-        elif kind in _SCALAR_TYPES:
+        elif kind in _IMMUTABLE:
             state[key] = value
-        elif not value and kind in _EMPTY_CONTAINERS:  # the hook dicts, mostly
+        elif not value and kind in _FLAT_CONTAINERS:  # the hook dicts, mostly
             state[key] = kind()
         else:
             state[key] = _copy_value(value, memo)
@@ -121,12 +121,10 @@ def _fresh(t: torch.Tensor) -> torch.Tensor:
 
 
 def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
-    if isinstance(value, _IMMUTABLE):
-        return value
     kind = type(value)
-    if kind is tuple and all(isinstance(v, _IMMUTABLE) for v in value):
+    if kind in _IMMUTABLE or kind is tuple and all(type(v) in _IMMUTABLE for v in value):
         return value
-    if kind in (list, set, dict, OrderedDict) and all(isinstance(v, _IMMUTABLE) for v in _items(value)):
+    if kind in _FLAT_CONTAINERS and all(type(v) in _IMMUTABLE for v in _items(value)):
         return kind(value)
     return copy.deepcopy(value, memo)
 

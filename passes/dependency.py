@@ -30,7 +30,7 @@ import torch.fx
 from torch import nn
 
 from .layout import Layout, UnionFind, unique_ints
-from .trace import SHAPE, VALUE
+from .shapes import SHAPE, VALUE
 
 __all__ = ["analyze", "Analysis", "ChannelGroup", "ModuleRole", "FrozenReason", "Analyzer"]
 

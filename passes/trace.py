@@ -17,14 +17,14 @@ import torch.fx
 from torch import nn
 
 from .errors import UntraceableModelError
-from .shapes import SHAPE, VALUE, propagate_shapes
+from .shapes import propagate_shapes
 
 try:  # code generated on first call (torch >= 2.3); a plain GraphModule otherwise
     from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
 except ImportError:  # pragma: no cover
     _GraphModule = torch.fx.GraphModule
 
-__all__ = ["trace", "default_example_inputs", "propagate_shapes", "SHAPE", "VALUE"]
+__all__ = ["trace", "default_example_inputs"]
 
 
 class _LeafTracer(torch.fx.Tracer):

@@ -57,8 +57,7 @@ class ScoringContext:
 
     def producers(self, group: ChannelGroup) -> list[Producer]:
         """The group's producing layers in leader order."""
-        groups = self.analysis.groups
-        gid = group.id if group.id < len(groups) and groups[group.id] is group else groups.index(group)
+        gid = group.id  # a group's id is its position in analysis.groups
         gpos, cpos = self.class_index()
         if self._modules is None:
             self._modules = dict(self.analysis.gm.named_modules())
