@@ -21,12 +21,14 @@ from passes.plan import Plan, kept_from_plan, make_plan
 from passes.rewrite import rewrite as _rewrite
 from passes.budget import global_keep, search_flops
 from passes.select import check_ratio, keep_every_layer_alive, layer_classes, resolve_ratios, select
+from passes.modes import gc_paused
 from passes.trace import trace as _trace
 from passes.verify import verify_against
 
 __all__ = ["analyze", "plan", "apply", "prune", "verify", "criteria", "register_criterion"]
 
 
+@gc_paused()
 def analyze(model: nn.Module, example_inputs=None, *, leaf_modules: Iterable = (), strict: bool = False,
             ignore: Sequence[str] = ()) -> Analysis:
     """Trace ``model`` and find its channel groups; ``print()`` the result for a readable summary."""
@@ -41,6 +43,7 @@ def _check_threshold(threshold: Any) -> float:
     return float(threshold)
 
 
+@gc_paused()
 def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio: float | dict | None = None,
          threshold: float | None = None, data: Iterable | None = None, round_to: int | None = None,
          ignore: Sequence[str] = (), leaf_modules: Iterable = (), strict: bool = False,
@@ -105,6 +108,7 @@ def _json_safe(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+@gc_paused()
 def apply(model: nn.Module, plan: Plan, example_inputs=None, *, leaf_modules: Iterable = ()) -> torch.fx.GraphModule:
     """Rewrite ``model`` by ``plan`` into a new, smaller GraphModule (``model`` is not modified)."""
     analysis = plan.analysis if plan.analysis is not None and _same_model(plan.analysis, model) else None
@@ -129,6 +133,7 @@ def _same_model(analysis: Analysis, model: nn.Module) -> bool:
     return len(mine) == len(traced) and all(a is b for a, b in zip(mine, traced))
 
 
+@gc_paused()
 def prune(model: nn.Module, example_inputs=None, **kwargs) -> torch.fx.GraphModule:
     """Plan and apply in one call; the plan is in ``small.meta["fxprune.plan"]``."""
     p = plan(model, example_inputs, **kwargs)

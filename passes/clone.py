@@ -50,10 +50,10 @@ def clone_tree(root: nn.Module, deferred: Iterable[torch.Tensor] = ()) -> nn.Mod
     return out
 
 
-def unshare(tree: nn.Module, original: nn.Module) -> None:
-    """Clone every tensor ``tree`` still shares with ``original`` (a deferred one the rewrite kept)."""
-    theirs = {id(t) for t in original.parameters()} | {id(t) for t in original.buffers()}
-    for mod in tree.modules():
+def unshare(modules: Iterable[nn.Module], deferred: Iterable[torch.Tensor]) -> None:
+    """Clone every deferred tensor still held by one of ``modules`` (one the rewrite did not replace)."""
+    theirs = {id(t) for t in deferred}
+    for mod in modules:
         for store in (mod._parameters, mod._buffers):
             for name, t in store.items():
                 if t is not None and id(t) in theirs:

@@ -1,17 +1,23 @@
-"""Eval mode for a while, then every module's own training flag back.
+"""The modes the passes run in: eval mode for a while, and the cycle collector paused for a while.
 
 ``model.train(was_training)`` would set all submodules to the root's flag, losing mixed modes a user
 chose (a frozen backbone in eval under a training head): passes that run data through the user's
 modules (shape fallbacks, calibration, export, evaluation) use :func:`eval_mode` instead.
+
+A prune creates some hundred thousand short-lived Python objects (graph nodes, proxies, module
+copies); with the cycle collector on, a large share of its time goes to scanning them and the
+user's whole heap. :func:`gc_paused` turns it off for one compiler call; what those objects leave
+is freed by reference counting, and the collector picks up any cycles once it is back on.
 """
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import Iterator
 
 from torch import nn
 
-__all__ = ["eval_mode"]
+__all__ = ["eval_mode", "gc_paused"]
 
 
 @contextlib.contextmanager
@@ -24,3 +30,15 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in flags:
             m.training = training
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cycle collection inside; the collector's previous state is restored on exit (calls nest)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

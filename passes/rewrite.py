@@ -36,10 +36,13 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torc
     """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan``."""
     keep = kept_mask(analysis, kept)
     positions = module_positions(analysis, keep)
-    root, graph = _copy_without_planned_tensors(analysis, positions)
+    deferred = _planned_tensors(analysis, positions)
+    root = clone_tree(analysis.gm, deferred)
+    graph = copy.deepcopy(analysis.gm.graph)
+    modules = dict(root.named_modules())
     for name, io in positions.items():
         if name in analysis.roles and analysis.roles[name].kind not in EDITED_KINDS:
-            _shrink_module(root, name, io)
+            _shrink_module(modules[name], name, io)
     for target, (dim, _) in analysis.attr_slices.items():
         io = positions.get(target)
         if io is not None:
@@ -49,27 +52,45 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torc
     for name, edits in analysis.edits.items():
         for edit in edits:
             edit(root, nodes[name], analysis, keep)
-    unshare(root, analysis.gm)
+    unshare(root.modules(), deferred)  # after the edits: they may install new modules
     graph.lint()
-    gm = torch.fx.GraphModule(root, graph, type(analysis.gm).__name__)  # generates the code once
+    gm = _graph_module(root, graph, type(analysis.gm).__name__)
     gm.meta.update(analysis.gm.meta)
     gm.meta["fxprune.plan"] = plan
     return gm
 
 
-def _copy_without_planned_tensors(analysis: Analysis, positions: dict) -> tuple[nn.Module, torch.fx.Graph]:
-    """Copy the module tree and the graph, but not the tensors about to be sliced (see passes.clone)."""
-    deferred = []
+def _planned_tensors(analysis: Analysis, positions: dict) -> list[torch.Tensor]:
+    """The parameters and buffers of the modules about to be shrunk: the copy leaves them to the slicing."""
+    out = []
+    modules = dict(analysis.gm.named_modules())
     for name in positions:
         if name in analysis.roles:
-            mod = analysis.gm.get_submodule(name)
-            deferred += list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
-    return clone_tree(analysis.gm, deferred), copy.deepcopy(analysis.gm.graph)
+            mod = modules[name]
+            out += [t for t in mod._parameters.values() if t is not None]
+            out += [t for t in mod._buffers.values() if t is not None]
+    return out
+
+
+def _graph_module(root: nn.Module, graph: torch.fx.Graph, class_name: str) -> torch.fx.GraphModule:
+    """``GraphModule(root, graph)`` for a ``root`` that already has a GraphModule's layout (it is a copy
+    of the traced one): its children and tensors are moved in as they are instead of being copied
+    attribute by attribute along every node's target; the code is generated once, by ``gm.graph = graph``."""
+    gm = torch.fx.GraphModule(nn.Module(), torch.fx.Graph(), class_name)
+    gm.training = root.training
+    gm._modules.update(root._modules)
+    gm._parameters.update(root._parameters)
+    gm._buffers.update(root._buffers)
+    gm._non_persistent_buffers_set.update(root._non_persistent_buffers_set)
+    if graph._tracer_cls is not None and "<locals>" not in graph._tracer_cls.__qualname__:
+        gm._tracer_cls = graph._tracer_cls  # as GraphModule.__init__ records it, for torch.package
+    gm._tracer_extras = graph._tracer_extras or {}
+    gm.graph = graph
+    return gm
 
 
 # ---- modules ----------------------------------------------------------------------------------
-def _shrink_module(root: nn.Module, name: str, io: dict) -> None:
-    mod = root.get_submodule(name)
+def _shrink_module(mod: nn.Module, name: str, io: dict) -> None:
     keep_in, keep_out = io.get("in"), io.get("out")
     if isinstance(mod, nn.modules.conv._ConvNd):
         _shrink_conv(name, mod, keep_in, keep_out)
@@ -87,18 +108,45 @@ def _shrink_module(root: nn.Module, name: str, io: dict) -> None:
 _NUMPY_SLICED = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)
 
 
+def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """``t``'s data as a numpy array when numpy can gather it (CPU, strided, a numpy dtype)."""
+    if t.device.type == "cpu" and t.dtype in _NUMPY_SLICED and t.layout == torch.strided:
+        return t.detach().numpy()
+    return None
+
+
 def _take(t: torch.Tensor | None, dim: int, idx: np.ndarray | None) -> torch.Tensor | None:
     if t is None or idx is None:
         return t
-    t = t.detach()
-    if t.device.type == "cpu" and t.dtype in _NUMPY_SLICED and t.layout == torch.strided:
-        return torch.from_numpy(np.take(t.numpy(), idx, axis=dim))
-    return t.index_select(dim, torch.from_numpy(idx).to(t.device))
+    arr = _numpy_view(t)
+    if arr is not None:
+        return torch.from_numpy(np.take(arr, idx, axis=dim))
+    return t.detach().index_select(dim, torch.from_numpy(idx).to(t.device))
+
+
+def _take_rows_cols(w: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | None) -> torch.Tensor:
+    """``w[rows][:, cols]`` (a conv or linear weight), in one pass where that is faster.
+
+    With a kernel of 4+ elements per (row, col) pair, one gather over the flattened pairs reads and
+    writes each kept block once (about 1.6x faster than two gathers); 1x1 kernels and linear weights
+    copy too little per pair for that, and two ``index_select``s are faster there."""
+    if rows is None or cols is None:
+        return _take(_take(w, 0, rows), 1, cols)
+    n_out, n_in = w.shape[0], w.shape[1]
+    block = w[0, 0].numel() if w.dim() > 2 else 1
+    arr = _numpy_view(w) if block >= 4 and w.is_contiguous() else None
+    if arr is not None:
+        pairs = (rows[:, None] * n_in + cols).ravel()
+        flat = np.take(arr.reshape(n_out * n_in, block), pairs, axis=0)
+        return torch.from_numpy(flat.reshape(len(rows), len(cols), *w.shape[2:]))
+    w = w.detach()
+    return w.index_select(0, torch.from_numpy(rows).to(w.device)).index_select(1, torch.from_numpy(cols).to(w.device))
 
 
 def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
     """Install a new tensor; one that was not sliced is cloned so nothing is shared with the original."""
-    old = getattr(mod, attr)
+    store = mod._parameters if attr in mod._parameters else mod._buffers if attr in mod._buffers else None
+    old = store[attr] if store is not None else getattr(mod, attr)
     if old is None or value is None:
         return
     value = value.detach()
@@ -106,7 +154,6 @@ def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
         value = value.clone()
     if isinstance(old, nn.Parameter):
         value = nn.Parameter(value, requires_grad=old.requires_grad)
-    store = mod._parameters if attr in mod._parameters else mod._buffers if attr in mod._buffers else None
     if store is None:
         setattr(mod, attr, value)
     else:
@@ -118,7 +165,7 @@ def _shrink_conv(name: str, conv: nn.Module, keep_in, keep_out) -> None:
         raise PlanError(f"the plan removes every channel of conv '{name}'; keep at least one")
     w = conv.weight
     if conv.groups == 1:
-        w = _take(_take(w, 0, keep_out), 1, keep_in)
+        w = _take_rows_cols(w, keep_out, keep_in)
         new_groups = 1
     else:
         new_groups = _kept_groups(name, conv, keep_in, keep_out)
@@ -146,7 +193,7 @@ def _kept_groups(name: str, conv, keep_in, keep_out) -> int:
 
 
 def _shrink_linear(lin: nn.Module, keep_in, keep_out) -> None:
-    _set_param(lin, "weight", _take(_take(lin.weight, 0, keep_out), 1, keep_in))
+    _set_param(lin, "weight", _take_rows_cols(lin.weight, keep_out, keep_in))
     _set_param(lin, "bias", _take(getattr(lin, "bias", None), 0, keep_out))
     if isinstance(lin, nn.Linear):
         lin.in_features = len(keep_in) if keep_in is not None else lin.in_features

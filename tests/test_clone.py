@@ -66,6 +66,6 @@ def test_deferred_tensors_are_shared_until_unshared():
     tree = clone_tree(src, deferred)
     assert tree._modules["0"].weight is src[0].weight          # left for the rewrite to slice
     assert tree._modules["1"].weight is not src[1].weight
-    unshare(tree, src)
+    unshare(tree.modules(), deferred)
     assert not (_tensor_ids(tree) & _tensor_ids(src))
     assert torch.equal(tree._modules["0"].weight, src[0].weight)
