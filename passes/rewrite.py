@@ -23,6 +23,7 @@ from torch import nn
 from .clone import clone_tree, unshare
 from .dependency import Analysis
 from .errors import PlanError
+from .graph_module import build_graph_module
 from .layout import Layout
 from .plan import Plan, kept_mask, module_positions
 
@@ -54,7 +55,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torc
             edit(root, nodes[name], analysis, keep)
     unshare(root.modules(), deferred)  # after the edits: they may install new modules
     graph.lint()
-    gm = _graph_module(root, graph, type(analysis.gm).__name__)
+    gm = build_graph_module(root, graph, type(analysis.gm).__name__)  # generates the code once
     gm.meta.update(analysis.gm.meta)
     gm.meta["fxprune.plan"] = plan
     return gm
@@ -70,23 +71,6 @@ def _planned_tensors(analysis: Analysis, positions: dict) -> list[torch.Tensor]:
             out += [t for t in mod._parameters.values() if t is not None]
             out += [t for t in mod._buffers.values() if t is not None]
     return out
-
-
-def _graph_module(root: nn.Module, graph: torch.fx.Graph, class_name: str) -> torch.fx.GraphModule:
-    """``GraphModule(root, graph)`` for a ``root`` that already has a GraphModule's layout (it is a copy
-    of the traced one): its children and tensors are moved in as they are instead of being copied
-    attribute by attribute along every node's target; the code is generated once, by ``gm.graph = graph``."""
-    gm = torch.fx.GraphModule(nn.Module(), torch.fx.Graph(), class_name)
-    gm.training = root.training
-    gm._modules.update(root._modules)
-    gm._parameters.update(root._parameters)
-    gm._buffers.update(root._buffers)
-    gm._non_persistent_buffers_set.update(root._non_persistent_buffers_set)
-    if graph._tracer_cls is not None and "<locals>" not in graph._tracer_cls.__qualname__:
-        gm._tracer_cls = graph._tracer_cls  # as GraphModule.__init__ records it, for torch.package
-    gm._tracer_extras = graph._tracer_extras or {}
-    gm.graph = graph
-    return gm
 
 
 # ---- modules ----------------------------------------------------------------------------------
@@ -203,9 +187,11 @@ def _shrink_linear(lin: nn.Module, keep_in, keep_out) -> None:
 def _shrink_norm(mod: nn.Module, keep) -> None:
     if keep is None:
         return
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(mod, attr, None) is not None:
-            _set_param(mod, attr, _take(getattr(mod, attr), 0 if not isinstance(mod, nn.LayerNorm) else -1, keep))
+    dim = -1 if isinstance(mod, nn.LayerNorm) else 0
+    for store in (mod._parameters, mod._buffers):
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            if store.get(attr) is not None:
+                _set_param(mod, attr, _take(store[attr], dim, keep))
     if isinstance(mod, nn.LayerNorm):
         mod.normalized_shape = (len(keep),)
     elif isinstance(mod, nn.GroupNorm):

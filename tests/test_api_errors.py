@@ -189,3 +189,20 @@ def test_verify_leaves_both_models_as_they_were_even_when_it_fails(model):
 def test_analysis_prints_groups_and_reasons(model):
     text = str(fxprune.analyze(model, X))
     assert "channel groups" in text and "reaches the graph output" in text and "layer1.0.conv2.out" in text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_cycle_collector_state_is_restored(model, enabled):
+    """The passes pause the cycle collector; the caller's setting is back afterwards, also after an error."""
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        fxprune.prune(model, torch.randn(1, 3, 32, 32), criterion="l1", ratio=0.3)
+        assert gc.isenabled() is enabled
+        with pytest.raises(fxprune.PlanError):
+            fxprune.prune(model, torch.randn(1, 3, 32, 32), criterion="l1", ratio=1.5)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()

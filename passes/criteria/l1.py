@@ -14,9 +14,10 @@ from .base import Criterion
 __all__ = ["filter_l1", "L1"]
 
 
-#: Rows summed per step: |w| of a block this size stays in reused memory (``vector_norm(ord=1)``
-#: is ~2x slower on CPU, and one |w| temporary as large as a whole layer costs fresh pages).
-_BLOCK_ELEMENTS = 1 << 18
+#: Rows summed per step: |w| of a block this size (512 KB in float32) stays in cache and in reused
+#: memory (``vector_norm(ord=1)`` is ~2x slower on CPU, and one |w| temporary as large as a whole
+#: layer costs fresh pages).
+_BLOCK_ELEMENTS = 1 << 17
 
 
 def filter_l1(module: nn.Module) -> np.ndarray:
@@ -24,8 +25,11 @@ def filter_l1(module: nn.Module) -> np.ndarray:
     w = module.weight.detach()
     rows = w.reshape(w.shape[0], -1)
     step = max(1, _BLOCK_ELEMENTS // max(1, rows.shape[1]))
-    sums = [rows[i:i + step].abs().sum(dim=1) for i in range(0, rows.shape[0], step)]
-    return torch.cat(sums).double().cpu().numpy()
+    if step >= rows.shape[0]:
+        sums = rows.abs().sum(dim=1)
+    else:
+        sums = torch.cat([rows[i:i + step].abs().sum(dim=1) for i in range(0, rows.shape[0], step)])
+    return sums.double().cpu().numpy()
 
 
 class L1(Criterion):
