@@ -30,6 +30,8 @@ class Plan:
     options: dict[str, Any] = field(default_factory=dict)
     analysis: Analysis | None = field(default=None, compare=False, repr=False)
     kept: dict[int, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    #: ``modules`` as index arrays, for the rewrite of this very analysis (see module_positions)
+    positions: dict[str, dict[str, np.ndarray | None]] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": PLAN_VERSION, "modules": self.modules, "groups": self.groups, "options": self.options}
@@ -96,9 +98,9 @@ def _kept_positions(keep: np.ndarray, elems: np.ndarray | None) -> np.ndarray | 
 
 def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str, Any]) -> Plan:
     """Turn kept classes per group into the per-module plan."""
-    keep = kept_mask(analysis, kept)
+    positions = module_positions(analysis, kept_mask(analysis, kept))
     modules = {name: {side: None if idx is None else idx.tolist() for side, idx in io.items()}
-               for name, io in module_positions(analysis, keep).items()}
+               for name, io in positions.items()}
     groups = []
     for gi, k in sorted(kept.items()):
         g = analysis.groups[gi]
@@ -110,7 +112,7 @@ def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str
                     "keep": sorted(np.asarray(k, dtype=np.int64).tolist()),
                 }
             )
-    return Plan(modules=modules, groups=groups, options=options, analysis=analysis, kept=kept)
+    return Plan(modules=modules, groups=groups, options=options, analysis=analysis, kept=kept, positions=positions)
 
 
 def kept_from_plan(analysis: Analysis, plan: Plan) -> dict[int, np.ndarray]:

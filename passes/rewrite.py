@@ -36,7 +36,8 @@ EDITED_KINDS = ("attention",)
 def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torch.fx.GraphModule:
     """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan``."""
     keep = kept_mask(analysis, kept)
-    positions = module_positions(analysis, keep)
+    made_here = plan.analysis is analysis and plan.kept is kept and plan.positions is not None
+    positions = plan.positions if made_here else module_positions(analysis, keep)
     deferred = _planned_tensors(analysis, positions)
     root = clone_tree(analysis.gm, deferred)
     graph = copy.deepcopy(analysis.gm.graph)
