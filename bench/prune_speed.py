@@ -1,11 +1,11 @@
 """How long one prune takes: fxprune vs Torch-Pruning's MagnitudePruner (build + step), same L1 ratio.
 
-Both run in this process, on one thread, on the same models and example input (1x3x224x224),
-best of --repeats fresh runs each. Prints a table and the speed ratio, and where fxprune's time goes
-(the passes ``fxprune.prune`` runs, timed one by one, best of --repeats each); writes
-bench/results/prune_speed.md.
+Both run in this process, on one thread, on the same models and example input (1x3x224x224), best
+of --repeats fresh runs each, the two tools' runs alternating. Prints a table and the speed ratio,
+and where fxprune's time goes (the passes ``fxprune.prune`` runs, timed one by one, best of
+--repeats each); writes bench/results/prune_speed.md.
 
-    .venv/bin/python bench/prune_speed.py [--ratio 0.3] [--repeats 3]
+    .venv/bin/python bench/prune_speed.py [--ratio 0.3] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -79,20 +79,24 @@ def best_phases(model, x, ratio, repeats: int) -> dict[str, float]:
     return {k: min(r[k] for r in runs) for k in PHASES}
 
 
-def best_of(fn, repeats: int, *args) -> float:
-    """Each run starts from a collected heap: what earlier runs left (a pruned GraphModule is freed
-    by the cycle collector) goes back to the allocator first, for both tools alike."""
-    times = []
+def best_interleaved(repeats: int, model, x, ratio) -> tuple[float, float]:
+    """Best of ``repeats`` runs of each tool, alternating fxprune / Torch-Pruning so both see the same
+    machine state (this shared VM's speed drifts by 20% over seconds). Each run starts from a
+    collected heap: what earlier runs left (a pruned GraphModule is freed by the cycle collector)
+    goes back to the allocator first, for both tools alike."""
+    ours, theirs = [], []
     for _ in range(repeats):
         gc.collect()
-        times.append(fn(*args))
-    return min(times)
+        ours.append(time_fxprune(model, x, ratio))
+        gc.collect()
+        theirs.append(time_torch_pruning(model, x, ratio))
+    return min(ours), min(theirs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="*", default=MODELS)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -101,8 +105,7 @@ def main() -> None:
     for name in args.models:
         model = torchvision.models.get_model(name, weights=None).eval()
         time_fxprune(model, x, args.ratio)  # warm-up: imports and first-call caches
-        ours = best_of(time_fxprune, args.repeats, model, x, args.ratio)
-        theirs = best_of(time_torch_pruning, args.repeats, model, x, args.ratio)
+        ours, theirs = best_interleaved(args.repeats, model, x, args.ratio)
         phases = best_phases(model, x, args.ratio, args.repeats)
         rows.append((name, ours, theirs, theirs / ours, phases))
         print(f"{name:16s} fxprune {ours:7.3f}s  torch-pruning {theirs:7.3f}s  speed-up {theirs / ours:5.1f}x  "

@@ -2,7 +2,7 @@
 
 ``GraphModule.__init__`` copies every ``call_module``/``get_attr`` target from ``root`` through
 ``getattr``/``setattr`` (``nn.Module``'s attribute protocol: a raised and caught AttributeError per
-missing container, type checks per assignment): a third of building a traced model's module. Here
+missing container, type checks per assignment), about a fifth of tracing a model. Here
 the same layout (the targets' modules, parameters and buffers under plain ``nn.Module`` containers,
 nothing else) is made by reading and writing the ``_modules``/``_parameters``/``_buffers`` dicts.
 A target outside those dicts (a plain attribute) falls back to ``GraphModule(root, graph)`` itself.

@@ -4,10 +4,11 @@
 chose (a frozen backbone in eval under a training head): passes that run data through the user's
 modules (shape fallbacks, calibration, export, evaluation) use :func:`eval_mode` instead.
 
-A prune creates some hundred thousand short-lived Python objects (graph nodes, proxies, module
-copies); with the cycle collector on, a large share of its time goes to scanning them and the
-user's whole heap. :func:`gc_paused` turns it off for one compiler call; what those objects leave
-is freed by reference counting, and the collector picks up any cycles once it is back on.
+A prune creates tens of thousands of Python objects (proxies, graph nodes, numpy index arrays,
+module copies); the cycle collector's scans of them, and of the user's whole heap when a full
+collection falls inside, cost 5-15% of a prune. :func:`gc_paused` turns it off for one compiler
+call: what those objects leave is freed by reference counting, and the collector picks up any
+cycles once it is back on (that first scan is part of the call's time).
 """
 from __future__ import annotations
 
