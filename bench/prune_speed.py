@@ -1,7 +1,7 @@
 """How long one prune takes: fxprune vs Torch-Pruning's MagnitudePruner (build + step), same L1 ratio.
 
 Both run in this process, on one thread, on the same models and example input (1x3x224x224), best
-of --repeats fresh runs each, the two tools' runs alternating. Prints a table and the speed ratio,
+of 2 x --repeats fresh runs each (see best_times). Prints a table and the speed ratio,
 and where fxprune's time goes (the passes ``fxprune.prune`` runs, timed one by one, best of
 --repeats each); writes bench/results/prune_speed.md.
 
@@ -79,17 +79,25 @@ def best_phases(model, x, ratio, repeats: int) -> dict[str, float]:
     return {k: min(r[k] for r in runs) for k in PHASES}
 
 
-def best_interleaved(repeats: int, model, x, ratio) -> tuple[float, float]:
-    """Best of ``repeats`` runs of each tool, alternating fxprune / Torch-Pruning so both see the same
-    machine state (this shared VM's speed drifts by 20% over seconds). Each run starts from a
-    collected heap: what earlier runs left (a pruned GraphModule is freed by the cycle collector)
-    goes back to the allocator first, for both tools alike."""
+def best_times(repeats: int, model, x, ratio) -> tuple[float, float]:
+    """Each tool's best time over 2 x ``repeats`` runs: ``repeats`` in a block per tool, then ``repeats``
+    alternating with the other tool. The order moves both tools' times by up to 25% on this VM
+    (what memory the previous run freed, the machine's drift over seconds), so each tool gets its
+    best conditions. Each run starts from a collected heap: what earlier runs left (a pruned
+    GraphModule is freed by the cycle collector) goes back to the allocator first, for both alike."""
     ours, theirs = [], []
+
+    def run(times, fn):
+        gc.collect()
+        times.append(fn(model, x, ratio))
+
     for _ in range(repeats):
-        gc.collect()
-        ours.append(time_fxprune(model, x, ratio))
-        gc.collect()
-        theirs.append(time_torch_pruning(model, x, ratio))
+        run(ours, time_fxprune)
+    for _ in range(repeats):
+        run(theirs, time_torch_pruning)
+    for _ in range(repeats):
+        run(ours, time_fxprune)
+        run(theirs, time_torch_pruning)
     return min(ours), min(theirs)
 
 
@@ -105,7 +113,7 @@ def main() -> None:
     for name in args.models:
         model = torchvision.models.get_model(name, weights=None).eval()
         time_fxprune(model, x, args.ratio)  # warm-up: imports and first-call caches
-        ours, theirs = best_interleaved(args.repeats, model, x, args.ratio)
+        ours, theirs = best_times(args.repeats, model, x, args.ratio)
         phases = best_phases(model, x, args.ratio, args.repeats)
         rows.append((name, ours, theirs, theirs / ours, phases))
         print(f"{name:16s} fxprune {ours:7.3f}s  torch-pruning {theirs:7.3f}s  speed-up {theirs / ours:5.1f}x  "
@@ -120,8 +128,9 @@ def _write_table(rows, summary, args) -> None:
     lines = [
         "# Prune time: fxprune vs Torch-Pruning",
         "",
-        f"l1 ratio {args.ratio}, input 1x3x224x224, one thread, best of {args.repeats}; "
-        f"torch {torch.__version__}. Command: `.venv/bin/python bench/prune_speed.py`",
+        f"l1 ratio {args.ratio}, input 1x3x224x224, one thread, best of 2x{args.repeats} runs per tool "
+        f"(a block each, then alternating); torch {torch.__version__}. "
+        "Command: `.venv/bin/python bench/prune_speed.py`",
         "",
         "| model | fxprune (s) | Torch-Pruning build+step (s) | speed-up |",
         "|---|---|---|---|",
