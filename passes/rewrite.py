@@ -41,6 +41,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torc
     deferred = _planned_tensors(analysis, positions)
     root = clone_tree(analysis.gm, deferred)
     graph = copy.deepcopy(analysis.gm.graph)
+    graph._tracer_cls = None  # torch.save/load re-traces the code with torch's own Tracer, not fxprune's
     modules = dict(root.named_modules())
     for name, io in positions.items():
         if name in analysis.roles and analysis.roles[name].kind not in EDITED_KINDS:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import fxprune
 from zoo_models import build, example_input
@@ -66,3 +67,22 @@ def test_save_load(pruned, tmp_path):
     loaded = fxprune.load(tmp_path / "saved")
     with torch.no_grad():
         assert torch.allclose(loaded(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_save_and_load_of_a_pruned_model(tmp_path):
+    """The standard ``torch.save(model)`` round trip: the file holds the compact model only (not the trace
+    the plan was made from, which shares the original's weights) and refers to no fxprune tracer. (torch's
+    GraphModule pickling drops ``meta``, so the loaded model has no plan: ``plan.to_json()`` keeps it.)"""
+    import pickle
+
+    model = torchvision.models.mobilenet_v3_small().eval()
+    x = torch.randn(2, 3, 64, 64)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    assert b"passes.trace" not in pickle.dumps(small)
+    torch.save(small, tmp_path / "small.pt")
+    torch.save(model, tmp_path / "original.pt")
+    assert (tmp_path / "small.pt").stat().st_size < (tmp_path / "original.pt").stat().st_size  # no copy of the original
+    loaded = torch.load(tmp_path / "small.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), small(x))
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())
