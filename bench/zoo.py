@@ -202,7 +202,7 @@ def run_model(name: str, do_tp: bool, do_macs: bool) -> dict:
     with torch.no_grad():
         out_shape = tuple(model(x).shape)
     try:
-        fxprune.analyze(model, x)
+        analysis = fxprune.analyze(model, x)
         row["traced"] = True
     except Exception as e:
         row.update(traced=False, error=f"{type(e).__name__}: {e}"[:300])
@@ -218,9 +218,9 @@ def run_model(name: str, do_tp: bool, do_macs: bool) -> dict:
     row["params_after"] = n_params(small)
     row["pruned"] = tuple(y.shape) == out_shape and bool(torch.isfinite(y).all()) and row["params_after"] < row["params"]
     plan = small.meta["fxprune.plan"]
-    groups = kept_from_plan(plan.analysis, plan)
+    groups = kept_from_plan(analysis, plan)
     row["groups_pruned"] = len(groups)
-    row["mixing"] = sum(plan.analysis.groups[g].mixing for g in groups)
+    row["mixing"] = sum(analysis.groups[g].mixing for g in groups)
     if do_macs:
         row["macs"], row["macs_after"] = macs(model, x), macs(small, x)
     if row["mixing"]:

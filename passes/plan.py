@@ -33,10 +33,14 @@ class Plan:
     #: ``modules`` as index arrays, for the rewrite of this very analysis (see module_positions)
     positions: dict[str, dict[str, np.ndarray | None]] | None = field(default=None, compare=False, repr=False)
 
+    def detached(self) -> "Plan":
+        """The same plan without the trace it was made from (that trace shares the original model's modules
+        and weights); :func:`fxprune.apply` replays it on a fresh trace."""
+        return type(self)(self.modules, self.groups, self.options)
+
     def __reduce__(self):
-        """Pickled and deep-copied (``torch.save(small)``, ``copy.deepcopy(small)``) without the trace it was
-        made from: that trace shares the original model's modules, which would double the file and tie the
-        copy to the original. A plan without it is replayed by :func:`fxprune.apply` on a fresh trace."""
+        """Pickled and deep-copied (``torch.save(small)``, ``copy.deepcopy(small)``) detached: the trace
+        would double the file and tie the copy to the original."""
         return (type(self), (self.modules, self.groups, self.options))
 
     def to_dict(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ EDITED_KINDS = ("attention",)
 
 
 def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torch.fx.GraphModule:
-    """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan``."""
+    """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan`` (detached from the trace)."""
     keep = kept_mask(analysis, kept)
     made_here = plan.analysis is analysis and plan.kept is kept and plan.positions is not None
     positions = plan.positions if made_here else module_positions(analysis, keep)
@@ -59,7 +59,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torc
     graph.lint()
     gm = build_graph_module(root, graph, type(analysis.gm).__name__)  # generates the code once
     gm.meta.update(analysis.gm.meta)
-    gm.meta["fxprune.plan"] = plan
+    gm.meta["fxprune.plan"] = plan.detached()  # the compact model must not keep the original's weights alive
     return gm
 
 

@@ -206,3 +206,17 @@ def test_cycle_collector_state_is_restored(model, enabled):
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+def test_compact_model_does_not_keep_the_original_alive():
+    """``model = fxprune.prune(model, ...)`` frees the original weights: the plan in ``small.meta`` holds no trace."""
+    import gc
+    import weakref
+
+    model = randomize(get_model("resnet20"))
+    first_weight = weakref.ref(next(model.parameters()))
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.3)
+    del model
+    gc.collect()
+    assert first_weight() is None
+    assert small.meta["fxprune.plan"].modules  # the plan itself is still there

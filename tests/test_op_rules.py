@@ -14,9 +14,10 @@ from passes.plan import kept_from_plan
 from conftest import n_params, prune_and_check, randomize
 
 
-def _pruned_groups(small):
-    plan = small.meta["fxprune.plan"]
-    return [plan.analysis.groups[gi] for gi in kept_from_plan(plan.analysis, plan)]
+def _pruned_groups(model, x, small):
+    """The groups of ``model`` that ``small``'s plan prunes (its plan is detached: found on a fresh analysis)."""
+    analysis = fxprune.analyze(model, x)
+    return [analysis.groups[gi] for gi in kept_from_plan(analysis, small.meta["fxprune.plan"])]
 
 
 def _mixing_check(model, x, **kwargs):
@@ -28,9 +29,9 @@ def _mixing_check(model, x, **kwargs):
         y, ys = model(x), small(x)
     assert ys.shape == y.shape and torch.isfinite(ys).all()
     assert n_params(small) < n_params(model)
-    assert any(g.mixing for g in _pruned_groups(small))
+    assert any(g.mixing for g in _pruned_groups(model, x, small))
     strict, err = prune_and_check(model, x, criterion="l1", ratio=0.5, strict=True, **kwargs)
-    assert not any(g.mixing for g in _pruned_groups(strict))
+    assert not any(g.mixing for g in _pruned_groups(model, x, strict))
     analysis = fxprune.analyze(model, x, strict=True)
     assert not analysis.mixing_groups()
     return small, strict
