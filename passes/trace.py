@@ -80,9 +80,15 @@ class _LeafTracer(torch.fx.Tracer):
     def _untraceable(self, err: Exception) -> UntraceableModelError:
         path, mod = self._entered[-1] if self._entered else ("<root>", None)
         where = _user_source_line(err)
-        kind = type(mod).__name__ if mod is not None else "model"
+        cause = f"{type(err).__name__}: {err}"
+        if mod is None:  # the root's own forward (call_module only sees submodules)
+            return UntraceableModelError(
+                f"torch.fx cannot trace the model's own forward{where}: {cause}. Make it free of data-dependent "
+                "Python control flow, or keep the submodules that need it opaque with leaf_modules=[...] "
+                "(their channels are then left unpruned)."
+            )
         return UntraceableModelError(
-            f"torch.fx cannot trace module '{path}' ({kind}){where}: {type(err).__name__}: {err}. "
+            f"torch.fx cannot trace module '{path}' ({type(mod).__name__}){where}: {cause}. "
             f"Keep it opaque with leaf_modules=['{path}'] (its channels are then left unpruned), "
             "or make its forward free of data-dependent Python control flow."
         )
@@ -115,6 +121,7 @@ def trace(
     Returns the GraphModule (sharing submodules with ``model``: never mutate it) and the example
     inputs as a tuple (the default one is made here when none was given).
     """
+    _refuse_wrappers(model)
     names, types = _split_leaves(leaf_modules)
     tracer = _LeafTracer(names, types)
     try:
@@ -136,6 +143,21 @@ def trace(
             ) from e
         raise
     return gm, inputs
+
+
+def _refuse_wrappers(model: nn.Module) -> None:
+    """Wrappers that run a model (data parallel, torch.compile, TorchScript) hide its layers from torch.fx:
+    say which module to pass instead of failing inside the trace."""
+    kind = type(model).__name__
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        fix = "prune the wrapped model, model.module, and wrap the compact model again"
+    elif type(model).__module__.startswith("torch._dynamo") and hasattr(model, "_orig_mod"):
+        fix = "prune the module before torch.compile, model._orig_mod, and compile the compact model"
+    elif isinstance(model, torch.jit.ScriptModule):
+        fix = "prune the eager nn.Module it was scripted or traced from, and export the compact model again"
+    else:
+        return
+    raise UntraceableModelError(f"got a {kind}, a wrapper torch.fx cannot trace through: {fix}")
 
 
 def _stand_in(model: nn.Module) -> nn.Module:

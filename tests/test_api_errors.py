@@ -220,3 +220,31 @@ def test_compact_model_does_not_keep_the_original_alive():
     gc.collect()
     assert first_weight() is None
     assert small.meta["fxprune.plan"].modules  # the plan itself is still there
+
+
+class _RootDataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0:  # in the model's own forward: no submodule to keep opaque
+            return x
+        return -x
+
+
+def test_untraceable_root_forward_says_so():
+    with pytest.raises(fxprune.UntraceableModelError, match="the model's own forward") as e:
+        fxprune.prune(_RootDataDependent(), X, criterion="l1", ratio=0.3)
+    assert "if x.mean() > 0" in str(e.value) and "'<root>'" not in str(e.value)
+
+
+@pytest.mark.parametrize("wrap, fix", [
+    (nn.DataParallel, "model.module"),
+    (lambda m: torch.jit.trace(m, X), "eager nn.Module"),
+    (torch.compile, "model._orig_mod"),
+], ids=["DataParallel", "TorchScript", "torch.compile"])
+def test_wrapped_models_are_refused_with_the_module_to_pass(model, wrap, fix):
+    with pytest.raises(fxprune.UntraceableModelError, match=fix.replace(".", r"\.")):
+        fxprune.prune(wrap(model), X, criterion="l1", ratio=0.3)
