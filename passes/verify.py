@@ -125,6 +125,6 @@ def _record_outputs(model: nn.Module, inputs: tuple) -> list[tuple[str, torch.Te
 def _recorder(name: str, seen: list):
     def hook(_mod, _args, out):
         if isinstance(out, torch.Tensor):
-            seen.append((name, out.detach()))
+            seen.append((name, out.detach().clone()))  # a copy: a later in-place op (out += identity) edits out
 
     return hook

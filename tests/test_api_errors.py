@@ -145,6 +145,20 @@ def test_verify_names_the_first_diverging_module(model):
         fxprune.verify(model, small, X)
 
 
+def test_first_diverging_module_is_found_behind_in_place_residual_adds():
+    """torchvision's ResNet adds the shortcut in place (``out += identity``) into the last BN's output: the
+    locator must compare what each module returned, not what later in-place ops made of it."""
+    import torchvision
+
+    net = randomize(torchvision.models.resnet18())
+    x = torch.randn(1, 3, 64, 64)
+    small = fxprune.prune(net, x, criterion="l1", ratio=0.3)
+    with torch.no_grad():
+        small.fc.weight[0] += 1.0
+    with pytest.raises(fxprune.VerificationError, match="first diverging module: 'fc'"):
+        fxprune.verify(net, small, x)
+
+
 class _WithConstant(nn.Module):
     def __init__(self):
         super().__init__()
