@@ -94,6 +94,8 @@ def _model_args(p, flag: str = "--model", required: bool = True) -> None:
                                                          "224 for torchvision, recorded for saved models)")
     p.add_argument("--num-classes", type=_positive, help="classes of a named model (default: the dataset's)")
     p.add_argument("--seed", type=int, default=0, help="random init and data order (default 0)")
+    p.add_argument("--weights", help="trained weights for a named model: a state_dict saved with torch.save "
+                                     "(or a checkpoint dict holding one); without it the model is random")
 
 
 def _data_args(p, required: bool) -> None:
@@ -198,7 +200,7 @@ def _source(args, spec: str | None = None):
     if classes is None and dataset:
         classes = fxdata.num_classes(dataset)
     return resolve_model(spec or args.model, num_classes=classes, input_size=args.input_size, seed=args.seed,
-                         dataset=dataset)
+                         dataset=dataset, weights=getattr(args, "weights", None) if spec is None else None)
 
 
 def _budget(args):

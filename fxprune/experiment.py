@@ -42,7 +42,7 @@ from fxprune.export import export as _export, load as _load, save as _save
 from fxprune.report import report as _report
 
 __all__ = [
-    "InputError", "ModelSource", "Budget", "TrainOptions", "ExperimentConfig", "resolve_model",
+    "InputError", "ModelSource", "Budget", "TrainOptions", "ExperimentConfig", "resolve_model", "load_weights",
     "example_input", "calibration_batches", "prune_model", "prune_to_dir", "info", "report_models",
     "report_plan", "export_model", "evaluate_model", "train", "finetune_dir", "run_experiment",
     "default_preset", "dataset_input_size", "BASELINE_RECIPE",
@@ -102,19 +102,69 @@ def dataset_input_size(dataset: str | None) -> int | None:
 
 
 def resolve_model(spec: str, *, num_classes: int | None = None, input_size: int | None = None,
-                  seed: int = 0, dataset: str | None = None) -> ModelSource:
+                  seed: int = 0, dataset: str | None = None, weights: str | os.PathLike | None = None) -> ModelSource:
     """A path (save directory or TorchScript file), a seed architecture or a torchvision name.
 
     Seed names win over torchvision's (``googlenet``); prefix ``torchvision:`` or ``seed:`` to
-    choose. Named models are built with random weights, seeded so runs repeat. The input size is
-    ``input_size``, else the saved one, else the dataset's, else 32 (seeds) / 224 (torchvision).
+    choose. Named models get the ``weights`` checkpoint (a state_dict file, see :func:`load_weights`),
+    else random weights, seeded so runs repeat. The input size is ``input_size``, else the saved one,
+    else the dataset's, else 32 (seeds) / 224 (torchvision).
     """
     path = Path(spec)
     if path.exists():
+        if weights is not None:
+            raise InputError(f"--weights goes with a model name (resnet50, resnet56, ...), not with a file: {spec!r}")
         return _load_path(path, input_size, dataset_input_size(dataset))
     if os.sep in spec or path.suffix in (".pt", ".pth", ".ts", ".pt2"):
         raise InputError(f"no such file or directory: {spec!r}")
-    return _build_named(spec, num_classes, input_size or dataset_input_size(dataset), seed)
+    source = _build_named(spec, num_classes, input_size or dataset_input_size(dataset), seed)
+    if weights is not None:
+        load_weights(source.model, weights)
+        source.random_init = False
+    return source
+
+
+#: Where common training scripts keep the state_dict inside a checkpoint dict.
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load trained weights into a named architecture: a ``state_dict`` saved with ``torch.save``, or a
+    checkpoint dict holding one (under "state_dict", "model", ...); a ``module.`` prefix left by
+    DataParallel/DDP is dropped. Read with ``weights_only=True``: no code in the file runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such weights file: {str(path)!r}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for foreign or pickled-code files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"cannot read weights from {str(path)!r} ({first}); save them with "
+                         "torch.save(model.state_dict(), path)") from e
+    state = _state_dict_in(checkpoint, path)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        detail = " ".join(str(e).split())[:400]
+        raise InputError(f"the weights in {str(path)!r} do not fit this architecture: {detail} "
+                         "(a different --num-classes?)") from e
+    if missing or unexpected:
+        raise InputError(f"the weights in {str(path)!r} do not fit this architecture: {len(missing)} missing "
+                         f"(e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected "
+                         f"(e.g. {', '.join(unexpected[:3]) or '-'})")
+
+
+def _state_dict_in(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    if isinstance(checkpoint, dict):
+        for key in _CHECKPOINT_KEYS:
+            if isinstance(checkpoint.get(key), dict):
+                return _state_dict_in(checkpoint[key], path)
+    raise InputError(f"{str(path)!r} holds no state_dict (a dict of tensors, or one under "
+                     f"{', '.join(repr(k) for k in _CHECKPOINT_KEYS)})")
 
 
 def _torchvision_names() -> list[str]:

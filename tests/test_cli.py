@@ -159,6 +159,42 @@ def test_experiment_writes_one_results_row(work):
         assert (out / sub / "model.pt").is_file() and (out / sub / "saved" / "modules.json").is_file()
 
 
+def test_prune_with_trained_weights(work):
+    """--weights loads a checkpoint (here a DDP-prefixed state_dict inside {"state_dict": ...}): the compact
+    model holds slices of those weights, not of a random init."""
+    from fxprune.models import get_model
+
+    torch.manual_seed(123)
+    state = get_model("resnet20", num_classes=10).state_dict()
+    ckpt = work / "trained.pth"
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in state.items()}}, ckpt)
+    out = work / "weights"
+    proc = cli("prune", "--model", "resnet20", "--weights", ckpt, "--criterion", "l1", "--ratio", "0.3", "--out", out)
+    assert "random init" not in proc.stdout
+    small = fxprune.load(out / "saved")
+    keep = json.loads((out / "plan.json").read_text())["modules"]["conv1"]
+    expected = state["conv1.weight"][torch.as_tensor(keep["out"])]
+    assert torch.equal(small.conv1.weight, expected)
+
+
+@pytest.mark.parametrize("which, words", [
+    ("missing", ["no such weights file"]),
+    ("other-architecture", ["do not fit this architecture", "unexpected", "layer1.3"]),
+], ids=["missing", "other-architecture"])
+def test_weights_that_cannot_be_used_exit_2(work, which, words):
+    from fxprune.models import get_model
+
+    path = work / f"{which}.pth"
+    if which != "missing":
+        torch.save(get_model("resnet56").state_dict(), path)  # more blocks than resnet20
+    out = work / f"never-{which}"
+    proc = cli("prune", "--model", "resnet20", "--weights", path, "--criterion", "l1", "--ratio", "0.3",
+               "--out", out, expect=2)
+    for w in words:
+        assert w in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 # --------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("args, words", [
