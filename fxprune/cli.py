@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", _cmd_export, "write a deployable file: torchscript, export (.pt2) or onnx")
     _model_args(p)
     p.add_argument("--format", default="torchscript", choices=["torchscript", "export", "onnx"])
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch dimension of export/onnx files to 1 (default: free)")
     p.add_argument("--out", required=True, help="output file")
 
     p = add("eval", _cmd_eval, "top-1 accuracy on a dataset's test split")
@@ -261,7 +263,7 @@ def _cmd_report(args) -> tuple[dict, str]:
 def _cmd_export(args) -> tuple[dict, str]:
     from fxprune.experiment import export_model
 
-    r = export_model(_source(args), args.format, args.out)
+    r = export_model(_source(args), args.format, args.out, dynamic_batch=not args.static_batch)
     return r, f"wrote {r['path']} ({args.format})"
 
 

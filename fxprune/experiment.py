@@ -444,11 +444,12 @@ def report_plan(source: ModelSource, plan_path) -> dict:
     return {"original": source.to_dict(), "plan": str(plan_path), "report": rep.to_dict(), "table": str(rep)}
 
 
-def export_model(source: ModelSource, fmt: str, out) -> dict:
-    """One deployable file (torchscript / export / onnx) at ``out``."""
+def export_model(source: ModelSource, fmt: str, out, dynamic_batch: bool = True) -> dict:
+    """One deployable file (torchscript / export / onnx) at ``out``; see :func:`fxprune.export`."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    path = _export(source.model.eval(), out, format=fmt, example_inputs=example_input(source.input_size))
-    return {"model": source.to_dict(), "format": fmt, "path": str(path)}
+    path = _export(source.model.eval(), out, format=fmt, example_inputs=example_input(source.input_size),
+                   dynamic_batch=dynamic_batch)
+    return {"model": source.to_dict(), "format": fmt, "path": str(path), "dynamic_batch": dynamic_batch}
 
 
 def evaluate_model(source: ModelSource, dataset: str, root=None, batch_size: int = 256) -> dict:

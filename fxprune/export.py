@@ -103,39 +103,65 @@ def _quiet_deprecations() -> Iterator[None]:
 # --------------------------------------------------------------------------- export
 
 
-def _write_torchscript(model: nn.Module, args: tuple, tmp: Path) -> None:
-    """Trace (not script): a GraphModule's forward is straight-line tensor code."""
+def _write_torchscript(model: nn.Module, args: tuple, tmp: Path, dynamic_batch: bool) -> None:
+    """Trace (not script): a GraphModule's forward is straight-line tensor code. The traced module
+    reads sizes from its input at run time, so any batch runs (``dynamic_batch`` has nothing to add)."""
     with torch.no_grad(), _quiet_deprecations():
         traced = torch.jit.trace(model, args, check_trace=False)
         torch.jit.save(traced, str(tmp))
 
 
-def _write_exported_program(model: nn.Module, args: tuple, tmp: Path) -> None:
+def _write_exported_program(model: nn.Module, args: tuple, tmp: Path, dynamic_batch: bool) -> None:
     """``torch.export.export`` + ``torch.export.save`` (.pt2 archive)."""
-    program = torch.export.export(model, args)
+    args, shapes = _batch_shapes(args, dynamic_batch)
+    program = torch.export.export(model, args, dynamic_shapes=shapes)
     torch.export.save(program, str(tmp))
 
 
-def _write_onnx(model: nn.Module, args: tuple, tmp: Path) -> None:
+def _write_onnx(model: nn.Module, args: tuple, tmp: Path, dynamic_batch: bool) -> None:
     """torch.export-based ONNX exporter (``dynamo=True``), one self-contained file; see ``export``."""
     names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+    args, shapes = _batch_shapes(args, dynamic_batch)
     with _quiet_deprecations():
         torch.onnx.export(
-            model, args, str(tmp), dynamo=True, external_data=False, verbose=False, input_names=names, optimize=True
+            model, args, str(tmp), dynamo=True, external_data=False, verbose=False, input_names=names, optimize=True,
+            dynamic_shapes=shapes,
         )
 
 
-FORMATS: dict[str, Callable[[nn.Module, tuple, Path], None]] = {
+def _batch_shapes(args: tuple, dynamic_batch: bool) -> tuple[tuple, tuple | None]:
+    """Example args and ``dynamic_shapes`` with dim 0 of every tensor input free (named "batch").
+
+    torch.export specializes a size-1 dimension to the constant 1, so a batch-1 example is repeated
+    to batch 2 for the export (the exported program still accepts batch 1)."""
+    if not dynamic_batch:
+        return args, None
+    batch = torch.export.Dim("batch", min=1)
+    widened, shapes = [], []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.dim() > 0:
+            widened.append(torch.cat([a, a]) if a.shape[0] == 1 else a)
+            shapes.append({0: batch})
+        else:
+            widened.append(a)
+            shapes.append(None)
+    return tuple(widened), tuple(shapes)
+
+
+FORMATS: dict[str, Callable[[nn.Module, tuple, Path, bool], None]] = {
     "torchscript": _write_torchscript,
     "export": _write_exported_program,
     "onnx": _write_onnx,
 }
 
 
-def export(model: nn.Module, path: str | os.PathLike, format: str = "torchscript", example_inputs: Any = None) -> Path:
+def export(model: nn.Module, path: str | os.PathLike, format: str = "torchscript", example_inputs: Any = None,
+           dynamic_batch: bool = True) -> Path:
     """Write ``model`` as one deployable file at ``path``; returns the path.
 
-    Formats (input shapes are taken from ``example_inputs``, default 1x3x224x224):
+    Formats (input shapes are taken from ``example_inputs``, default 1x3x224x224; with
+    ``dynamic_batch`` the batch dimension of ``export`` and ``onnx`` files is free, named "batch", as
+    deployment expects; ``dynamic_batch=False`` fixes it to the example's):
 
     * ``"torchscript"`` -- ``torch.jit.trace`` + ``torch.jit.save``. Tracing, not
       scripting: a GraphModule's forward is generated straight-line tensor code,
@@ -153,7 +179,7 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "torchscript
       constant: "input size not accessible"). It is slower (~1-3 s vs ~0.3 s
       for a ResNet-18). ``external_data=False`` keeps the weights inside the
       one file (no ``.data`` sidecar to break the atomic rename; 2 GB limit).
-      Shapes are static.
+      Every dimension but the batch is static.
 
     The model is exported in eval mode (every module's training flag is
     restored afterwards). The file appears atomically; on failure nothing is
@@ -168,9 +194,11 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "torchscript
     args = as_example_args(model, example_inputs)
     with eval_mode(model), _atomic_file(path) as tmp:
         try:
-            writer(model, args, tmp)
+            writer(model, args, tmp, dynamic_batch)
         except Exception as exc:
-            raise ExportError(f"{format} export of {type(model).__name__} failed: {exc}") from exc
+            hint = " (with a free batch dimension; dynamic_batch=False fixes it to the example's)" \
+                if dynamic_batch and format != "torchscript" else ""
+            raise ExportError(f"{format} export of {type(model).__name__} failed{hint}: {exc}") from exc
     logger.info("exported %s as %s to %s", type(model).__name__, format, path)
     return path
 

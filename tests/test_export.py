@@ -170,9 +170,14 @@ def test_torchscript_runs_in_fresh_process_without_fxprune(models, x, tmp_path):
 def test_torch_export_roundtrip(models, x, tmp_path, name):
     path = fxe.export(models[name], tmp_path / "model.pt2", format="export", example_inputs=(x,))
     program = torch.export.load(path)
-    with torch.no_grad():
-        got = program.module()(x)
-    torch.testing.assert_close(got, _reference(models[name], x), rtol=0, atol=1e-5)
+    for batch in (x, _batch3()):  # exported from a batch-1 example, the batch dimension is free
+        with torch.no_grad():
+            got = program.module()(batch)
+        torch.testing.assert_close(got, _reference(models[name], batch), rtol=0, atol=1e-5)
+
+
+def _batch3() -> torch.Tensor:
+    return torch.randn(3, *INPUT[1:], generator=torch.Generator().manual_seed(3))
 
 
 # ----------------------------------------------------------------- ONNX
@@ -186,9 +191,24 @@ def test_onnx_roundtrip_in_onnxruntime(models, x, tmp_path, name):
     path = fxe.export(models[name], tmp_path / "model.onnx", format="onnx", example_inputs=x)
     onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(got), _reference(models[name], x), rtol=0, atol=1e-4)
+    assert session.get_inputs()[0].shape[0] == "batch"
+    for batch in (x, _batch3()):
+        (got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+        torch.testing.assert_close(torch.from_numpy(got), _reference(models[name], batch), rtol=0, atol=1e-4)
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no sidecar/temp files
+
+
+def test_static_batch_on_request(models, x, tmp_path):
+    import onnxruntime as ort
+
+    model = models["small_cnn_shrunk"]
+    path = fxe.export(model, tmp_path / "model.onnx", format="onnx", example_inputs=x, dynamic_batch=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == list(INPUT)
+    program = torch.export.load(fxe.export(model, tmp_path / "m.pt2", format="export", example_inputs=x,
+                                           dynamic_batch=False))
+    with pytest.raises(Exception, match="batch|size|shape|Guard"):
+        program.module()(_batch3())
 
 
 # ----------------------------------------------------------------- export behaviour
