@@ -8,6 +8,7 @@ rewrite works on a deep copy.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -26,6 +27,8 @@ from passes.trace import trace as _trace
 from passes.verify import verify_against
 
 __all__ = ["analyze", "plan", "apply", "prune", "verify", "criteria", "register_criterion"]
+
+log = logging.getLogger(__name__)
 
 
 @gc_paused()
@@ -85,7 +88,29 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
         "ignore": list(ignore),
         "input_shape": [list(x.shape) for x in analysis.inputs],
     }
-    return make_plan(analysis, kept, _json_safe(record))
+    result = make_plan(analysis, kept, _json_safe(record))
+    if not result.groups and not _zero_budget(ratio):
+        _warn_nothing_pruned(analysis)
+    return result
+
+
+def _zero_budget(ratio) -> bool:
+    values = ratio.values() if isinstance(ratio, dict) else [ratio]
+    return all(isinstance(r, (int, float)) and r == 0 for r in values)
+
+
+def _warn_nothing_pruned(analysis: Analysis) -> None:
+    """A plan that changes nothing is almost never what was asked for: say why, once, loudly."""
+    frozen = [g for g in analysis.groups if g.frozen]
+    if len(frozen) == len(analysis.groups):
+        produced = [g for g in frozen if g.reasons and any(io == "out" for _, io in g.members)]
+        example = max(produced, key=lambda g: g.n_classes) if produced else (frozen[0] if frozen else None)
+        why = f" (e.g. {', '.join(f'{m}.{io}' for m, io in example.members[:3])}: {example.reasons[0]})" if example else ""
+        log.warning("nothing pruned: all %d channel groups are frozen%s; print(fxprune.analyze(model, "
+                    "example_inputs)) lists every reason", len(analysis.groups), why)
+    else:
+        log.warning("nothing pruned: the budget keeps every channel of the %d prunable groups",
+                    len(analysis.groups) - len(frozen))
 
 
 def _network_wide(analysis, crit, ctx, ratio, flops_reduction, global_ratio, round_to) -> dict:

@@ -262,3 +262,28 @@ def test_untraceable_root_forward_says_so():
 def test_wrapped_models_are_refused_with_the_module_to_pass(model, wrap, fix):
     with pytest.raises(fxprune.UntraceableModelError, match=fix.replace(".", r"\.")):
         fxprune.prune(wrap(model), X, criterion="l1", ratio=0.3)
+
+
+class _FeatureOut(nn.Module):
+    """Its only prunable channels are also returned: they reach the graph output, so nothing can go."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return {"logits": self.head(y.mean((2, 3))), "features": y}
+
+
+def test_a_prune_that_changes_nothing_says_why(caplog):
+    net = _FeatureOut().eval()
+    with caplog.at_level("WARNING", logger="fxprune.api"):
+        small = fxprune.prune(net, X, criterion="l1", ratio=0.5)
+    assert small.conv.out_channels == 16
+    assert "nothing pruned" in caplog.text and "reaches the graph output" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fxprune.api"):
+        fxprune.prune(net, X, criterion="l1", ratio=0.0)  # asked for nothing: no warning
+    assert "nothing pruned" not in caplog.text
