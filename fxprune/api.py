@@ -105,7 +105,10 @@ def _warn_nothing_pruned(analysis: Analysis) -> None:
     if len(frozen) == len(analysis.groups):
         produced = [g for g in frozen if g.reasons and any(io == "out" for _, io in g.members)]
         example = max(produced, key=lambda g: g.n_classes) if produced else (frozen[0] if frozen else None)
-        why = f" (e.g. {', '.join(f'{m}.{io}' for m, io in example.members[:3])}: {example.reasons[0]})" if example else ""
+        why = ""
+        if example is not None:
+            members = ", ".join(f"{m}.{io}" for m, io in example.members[:3])
+            why = f" (e.g. {members}: {example.reasons[0]})"
         log.warning("nothing pruned: all %d channel groups are frozen%s; print(fxprune.analyze(model, "
                     "example_inputs)) lists every reason", len(analysis.groups), why)
     else:

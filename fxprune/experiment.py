@@ -101,8 +101,8 @@ def dataset_input_size(dataset: str | None) -> int | None:
     return None if dataset is None else _DATASET_SIZE.get(fxdata._canonical(dataset), SEED_INPUT_SIZE)
 
 
-def resolve_model(spec: str, *, num_classes: int | None = None, input_size: int | None = None,
-                  seed: int = 0, dataset: str | None = None, weights: str | os.PathLike | None = None) -> ModelSource:
+def resolve_model(spec: str, *, num_classes: int | None = None, input_size: int | None = None, seed: int = 0,
+                  dataset: str | None = None, weights: str | os.PathLike | None = None) -> ModelSource:
     """A path (save directory or TorchScript file), a seed architecture or a torchvision name.
 
     Seed names win over torchvision's (``googlenet``); prefix ``torchvision:`` or ``seed:`` to
