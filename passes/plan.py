@@ -36,7 +36,8 @@ class Plan:
     def detached(self) -> "Plan":
         """The same plan without the trace it was made from (that trace shares the original model's modules
         and weights); :func:`fxprune.apply` replays it on a fresh trace."""
-        return type(self)(self.modules, self.groups, self.options)
+        cls, fields = self.__reduce__()
+        return cls(*fields)
 
     def __reduce__(self):
         """Pickled and deep-copied (``torch.save(small)``, ``copy.deepcopy(small)``) detached: the trace

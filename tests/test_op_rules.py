@@ -14,9 +14,8 @@ from passes.plan import kept_from_plan
 from conftest import n_params, prune_and_check, randomize
 
 
-def _pruned_groups(model, x, small):
-    """The groups of ``model`` that ``small``'s plan prunes (its plan is detached: found on a fresh analysis)."""
-    analysis = fxprune.analyze(model, x)
+def _pruned_groups(analysis, small):
+    """The groups of the analyzed model that ``small``'s plan prunes (its plan is detached from its trace)."""
     return [analysis.groups[gi] for gi in kept_from_plan(analysis, small.meta["fxprune.plan"])]
 
 
@@ -29,9 +28,10 @@ def _mixing_check(model, x, **kwargs):
         y, ys = model(x), small(x)
     assert ys.shape == y.shape and torch.isfinite(ys).all()
     assert n_params(small) < n_params(model)
-    assert any(g.mixing for g in _pruned_groups(model, x, small))
+    analysis = fxprune.analyze(model, x)
+    assert any(g.mixing for g in _pruned_groups(analysis, small))
     strict, err = prune_and_check(model, x, criterion="l1", ratio=0.5, strict=True, **kwargs)
-    assert not any(g.mixing for g in _pruned_groups(model, x, strict))
+    assert not any(g.mixing for g in _pruned_groups(analysis, strict))
     analysis = fxprune.analyze(model, x, strict=True)
     assert not analysis.mixing_groups()
     return small, strict
