@@ -165,7 +165,8 @@ def _same_model(analysis: Analysis, model: nn.Module) -> bool:
 def prune(model: nn.Module, example_inputs=None, **kwargs) -> torch.fx.GraphModule:
     """Plan and apply in one call; the plan is in ``small.meta["fxprune.plan"]``."""
     p = plan(model, example_inputs, **kwargs)
-    return _rewrite(p.analysis, p.kept, p)  # made from this very trace: no need to check it is this model's
+    # made from this very trace, which nobody else sees: no need to check it is this model's, nor to copy its graph
+    return _rewrite(p.analysis, p.kept, p, consume=True)
 
 
 def verify(original: nn.Module, small: torch.fx.GraphModule, example_inputs=None, rtol: float = 1e-5) -> float:

@@ -115,18 +115,22 @@ class Analysis:
     pads: dict[str, tuple[np.ndarray, np.ndarray]]
     frozen_reasons: list[FrozenReason]
     edits: dict[str, list[Callable]] = field(default_factory=dict)
+    _class_positions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def roots(self, elems: np.ndarray) -> np.ndarray:
         return self.root_of[np.asarray(elems, dtype=np.int64)]
 
     def class_positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(group position, class position) of every class root, -1 for non-roots."""
-        gpos = np.full(len(self.root_of), -1, dtype=np.int64)
-        cpos = np.full(len(self.root_of), -1, dtype=np.int64)
-        for gi, g in enumerate(self.groups):
-            gpos[g.roots] = gi
-            cpos[g.roots] = np.arange(g.n_classes)
-        return gpos, cpos
+        """(group position, class position) of every class root, -1 for non-roots (computed once: read-only)."""
+        if self._class_positions is None:
+            gpos = np.full(len(self.root_of), -1, dtype=np.int64)
+            cpos = np.full(len(self.root_of), -1, dtype=np.int64)
+            for gi, g in enumerate(self.groups):
+                gpos[g.roots] = gi
+                cpos[g.roots] = np.arange(g.n_classes)
+            gpos.flags.writeable = cpos.flags.writeable = False
+            self._class_positions = gpos, cpos
+        return self._class_positions
 
     def mixing_groups(self) -> list[int]:
         """Prunable groups whose pruning only approximates the masked original (see ChannelGroup)."""
@@ -349,35 +353,31 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
 
 
 def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignore: tuple) -> list[ChannelGroup]:
-    """Collect the connected channel spaces that some module reads or writes into groups."""
-    members: dict[int, list[tuple[str, str]]] = {}
-    roots: dict[int, list[np.ndarray]] = {}
-    producers: set[int] = set()
+    """Collect the connected channel spaces that some module reads or writes into groups.
 
-    def touch(elems: np.ndarray | None, member: tuple[str, str], produces: bool) -> None:
-        if elems is None:
-            return
-        elems = np.asarray(elems, dtype=np.int64)
-        gids = group_of[elems]
-        for g in unique_ints(gids).tolist():
-            lst = members.setdefault(g, [])
-            if member not in lst:
-                lst.append(member)
-            roots.setdefault(g, []).append(root_of[elems[gids == g]])
-            if produces:
-                producers.add(g)
-
+    Every module side (and sliced attribute) is a *member* of each group its elements fall in; a
+    group's classes are the class roots its members touch. Done in one numpy pass over all members."""
+    sides = []
     for role in an.roles.values():
-        touch(role.in_elems, (role.name, "in"), False)
-        touch(role.out_elems, (role.name, "out"), role.kind in PRODUCER_KINDS)
-    for target, (_, elems) in an.attr_slices.items():
-        touch(elems, (target, "attr"), False)
-
+        sides.append(((role.name, "in"), role.in_elems, False))
+        sides.append(((role.name, "out"), role.out_elems, role.kind in PRODUCER_KINDS))
+    sides += [((target, "attr"), elems, False) for target, (_, elems) in an.attr_slices.items()]
+    sides = [(member, np.asarray(e, dtype=np.int64).ravel(), p) for member, e, p in sides if e is not None]
+    sides = [side for side in sides if side[1].size]
+    if not sides:
+        return []
+    sizes = [e.size for _, e, _ in sides]
+    elems = np.concatenate([e for _, e, _ in sides])
+    gids = group_of[elems]
+    members: dict[int, list[tuple[str, str]]] = {}
+    for i, g in _side_groups(gids, sizes):
+        members.setdefault(g, []).append(sides[i][0])
+    producing = np.repeat(np.array([p for _, _, p in sides]), sizes)
+    producers = set(unique_ints(gids[producing]).tolist())
+    class_roots = _class_roots(root_of[elems], group_of)
     frozen_by_group = _reasons_by_group(an.frozen, group_of)
     mixing_by_group = _reasons_by_group(an.mixing, group_of)
-
     groups = []
-    class_roots = {g: unique_ints(np.concatenate(r)) for g, r in roots.items()}
     for g in sorted(members, key=lambda g: class_roots[g][0]):
         reasons = list(frozen_by_group.get(g, []))
         if g not in producers:
@@ -390,6 +390,31 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
                          reasons=reasons, mixing_reasons=mixing_by_group.get(g, []))
         )
     return groups
+
+
+def _side_groups(gids: np.ndarray, sizes: list[int]) -> list[tuple[int, int]]:
+    """(side, group) for each group each side's elements fall in, sorted; most sides lie in one group."""
+    starts = np.concatenate(([0], np.cumsum(sizes[:-1]))).astype(np.int64)
+    low, high = np.minimum.reduceat(gids, starts), np.maximum.reduceat(gids, starts)
+    pairs = []
+    for i, (lo, hi) in enumerate(zip(low.tolist(), high.tolist())):
+        if lo == hi:
+            pairs.append((i, lo))
+        else:
+            pairs += [(i, g) for g in unique_ints(gids[starts[i]:starts[i] + sizes[i]]).tolist()]
+    return pairs
+
+
+def _class_roots(roots: np.ndarray, group_of: np.ndarray) -> dict[int, np.ndarray]:
+    """The distinct class roots among ``roots``, ascending, by group."""
+    seen = np.zeros(len(group_of), dtype=bool)
+    seen[roots] = True
+    distinct = np.flatnonzero(seen)
+    groups = group_of[distinct]
+    order = np.argsort(groups, kind="stable")  # stable: each group's roots stay ascending
+    distinct, groups = distinct[order], groups[order]
+    cuts = np.flatnonzero(groups[1:] != groups[:-1]) + 1
+    return {int(groups[c]): part for c, part in zip(np.concatenate(([0], cuts)).tolist(), np.split(distinct, cuts))}
 
 
 def _reasons_by_group(records: list[tuple[np.ndarray, FrozenReason]], group_of: np.ndarray) -> dict[int, list]:

@@ -62,12 +62,11 @@ class UnionFind:
         right = np.concatenate(self._right) if self._right else np.zeros(0, dtype=np.int64)
         roots = _smallest_member(_components(self.size, left, right))
         space_id = np.zeros(self.size, dtype=np.int64)
-        starts = np.asarray([s for s in self.space_starts if s < self.size], dtype=np.int64)
-        space_id[starts] = 1
+        space_id[np.asarray([s for s in self.space_starts if s < self.size], dtype=np.int64)] = 1
         space_id = np.cumsum(space_id) - 1
-        # a group joins every space touched by a union: link each element to its space's first one
-        first = starts[space_id]
-        groups = _components(self.size, np.concatenate([left, first]), np.concatenate([right, np.arange(self.size)]))
+        # a group is every space a chain of unions links: components of the (much smaller) graph of spaces
+        n_spaces = int(space_id[-1]) + 1 if self.size else 0
+        groups = _components(n_spaces, space_id[left], space_id[right])[space_id]
         return roots, groups
 
 

@@ -33,14 +33,18 @@ __all__ = ["rewrite"]
 EDITED_KINDS = ("attention",)
 
 
-def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan) -> torch.fx.GraphModule:
-    """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan`` (detached from the trace)."""
+def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
+            consume: bool = False) -> torch.fx.GraphModule:
+    """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan`` (detached from the trace).
+
+    ``consume=True`` edits the analysis' own graph instead of a copy (the analysis is unusable after):
+    for a caller that made the trace itself and discards it, like :func:`fxprune.prune`."""
     keep = kept_mask(analysis, kept)
     made_here = plan.analysis is analysis and plan.kept is kept and plan.positions is not None
     positions = plan.positions if made_here else module_positions(analysis, keep)
     deferred = _planned_tensors(analysis, positions)
     root = clone_tree(analysis.gm, deferred)
-    graph = copy.deepcopy(analysis.gm.graph)
+    graph = analysis.gm.graph if consume else copy.deepcopy(analysis.gm.graph)
     graph._tracer_cls = None  # torch.save/load re-traces the code with torch's own Tracer, not fxprune's
     modules = dict(root.named_modules())
     for name, io in positions.items():
@@ -190,10 +194,14 @@ def _shrink_norm(mod: nn.Module, keep) -> None:
     if keep is None:
         return
     dim = -1 if isinstance(mod, nn.LayerNorm) else 0
+    index = None  # one index tensor for the (up to) four per-channel vectors: they are small, the calls add up
     for store in (mod._parameters, mod._buffers):
         for attr in ("weight", "bias", "running_mean", "running_var"):
-            if store.get(attr) is not None:
-                _set_param(mod, attr, _take(store[attr], dim, keep))
+            t = store.get(attr)
+            if t is not None:
+                if index is None:
+                    index = torch.from_numpy(keep).to(t.device)
+                _set_param(mod, attr, t.detach().index_select(dim, index))
     if isinstance(mod, nn.LayerNorm):
         mod.normalized_shape = (len(keep),)
     elif isinstance(mod, nn.GroupNorm):

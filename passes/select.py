@@ -105,17 +105,28 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
 
 
 def layer_classes(analysis: Analysis) -> dict[int, list[np.ndarray]]:
-    """Per group, the classes each layer side (inputs or outputs) lying wholly in that group touches."""
+    """Per group, the classes each layer side (inputs or outputs) lying wholly in that group touches.
+
+    One numpy pass over all sides at once (a loop per side costs more than the work on larger models)."""
     gpos, cpos = analysis.class_positions()
+    sides = [e for role in analysis.roles.values() for e in (role.out_elems, role.in_elems) if e is not None and len(e)]
+    if not sides:
+        return {}
+    lengths = np.fromiter((len(e) for e in sides), dtype=np.int64, count=len(sides))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    roots = analysis.roots(np.concatenate(sides))
+    groups, classes = gpos[roots], cpos[roots]
+    whole = np.minimum.reduceat(groups, starts) == np.maximum.reduceat(groups, starts)
+    side = np.repeat(np.arange(len(sides)), lengths)
+    # sort (side, class) pairs by one key; timsort ("stable") is fast here: the sides are in order already
+    span = int(classes.max()) + 2
+    key = np.sort(side * span + classes + 1, kind="stable")
+    key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+    side, classes = key // span, key % span - 1
+    bounds = np.searchsorted(side, np.arange(len(sides) + 1)).tolist()
     out: dict[int, list[np.ndarray]] = {}
-    for role in analysis.roles.values():
-        for elems in (role.out_elems, role.in_elems):
-            if elems is None:
-                continue
-            roots = analysis.roots(elems)
-            groups = gpos[roots]
-            if (groups == groups[0]).all():
-                out.setdefault(int(groups[0]), []).append(unique_ints(cpos[roots]))
+    for i, g in zip(np.flatnonzero(whole).tolist(), groups[starts[whole]].tolist()):
+        out.setdefault(g, []).append(classes[bounds[i]:bounds[i + 1]])
     return out
 
 
@@ -123,14 +134,21 @@ def keep_every_layer_alive(kept: np.ndarray, scores: np.ndarray | None, layers: 
     """A layer whose channels in this group would all go keeps its best one (else it would vanish).
 
     Happens when a group spans layers of different widths, e.g. a grouped conv reading a concatenation.
-    ``layers`` is this group's entry of :func:`layer_classes`.
+    ``layers`` is this group's entry of :func:`layer_classes`; they are checked in order.
     """
-    keep = set(kept.tolist())
-    for mine in layers:
-        if keep.isdisjoint(mine.tolist()):
-            best = mine[np.argmax(scores[mine])] if scores is not None else mine[0]
-            keep.add(int(best))
-    return np.array(sorted(keep), dtype=np.int64)
+    kept = unique_ints(np.asarray(kept, dtype=np.int64))
+    if not layers:
+        return kept
+    every = np.concatenate(layers)
+    flags = np.zeros(max(int(every.max()), int(kept.max(initial=-1))) + 1, dtype=bool)
+    flags[kept] = True
+    starts = np.cumsum([0] + [len(m) for m in layers[:-1]])
+    dead = np.flatnonzero(~np.logical_or.reduceat(flags[every], starts)).tolist()
+    for i in dead:  # rare; one layer's rescue may rescue a later one too
+        mine = layers[i]
+        if not flags[mine].any():
+            flags[mine[np.argmax(scores[mine])] if scores is not None else mine[0]] = True
+    return np.flatnonzero(flags) if dead else kept
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

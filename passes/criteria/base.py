@@ -47,7 +47,7 @@ class ScoringContext:
     options: dict[str, Any] = field(default_factory=dict)
     _class_index: tuple[np.ndarray, np.ndarray] | None = None
     _observed: dict[tuple[str, str], np.ndarray | torch.Tensor] = field(default_factory=dict)
-    _modules: dict[str, nn.Module] | None = None
+    _producers: dict[str, tuple] | None = None
 
     # ---- group structure ------------------------------------------------------------------------
     def class_index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -58,20 +58,27 @@ class ScoringContext:
     def producers(self, group: ChannelGroup) -> list[Producer]:
         """The group's producing layers in leader order."""
         gid = group.id  # a group's id is its position in analysis.groups
-        gpos, cpos = self.class_index()
-        if self._modules is None:
-            self._modules = dict(self.analysis.gm.named_modules())
-        modules = self._modules
+        layers = self._producer_classes()
         out = []
         for name, io in group.members:
-            role = self.analysis.roles.get(name)
-            if io != "out" or role is None or role.kind not in ("conv", "linear"):
-                continue
-            roots = self.analysis.roots(role.out_elems)
-            cls = np.where(gpos[roots] == gid, cpos[roots], -1)
-            out.append(Producer(role, modules[name], cls))
+            known = layers.get(name) if io == "out" else None
+            if known is not None:
+                role, module, gids, cls = known
+                out.append(Producer(role, module, np.where(gids == gid, cls, -1)))
         out.sort(key=lambda p: (p.role.input_order, p.role.order))
         return out
+
+    def _producer_classes(self) -> dict[str, tuple[ModuleRole, nn.Module, np.ndarray, np.ndarray]]:
+        """Every conv/linear layer with its module and the (group, class) of each output channel; made once."""
+        if self._producers is None:
+            gpos, cpos = self.class_index()
+            modules = dict(self.analysis.gm.named_modules())
+            self._producers = {}
+            for name, role in self.analysis.roles.items():
+                if role.kind in ("conv", "linear") and role.out_elems is not None:
+                    roots = self.analysis.roots(role.out_elems)
+                    self._producers[name] = (role, modules[name], gpos[roots], cpos[roots])
+        return self._producers
 
     def class_sum(self, group: ChannelGroup, per_channel: Callable[[nn.Module], np.ndarray]) -> np.ndarray:
         scores = np.zeros(group.n_classes)
