@@ -30,6 +30,7 @@ __all__ = ["clone_tree", "unshare"]
 _IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
                         torch.memory_format})
 _FLAT_CONTAINERS = frozenset({dict, OrderedDict, list, set})
+_TREE_DICTS = frozenset({"_parameters", "_buffers", "_modules"})
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
                "_load_state_dict_post_hooks")
@@ -69,19 +70,13 @@ def _clone_module(mod: nn.Module, memo: dict[int, Any]) -> nn.Module:
         return new
     new = type(mod).__new__(type(mod))
     memo[id(mod)] = new
-    state = {}
-    for key, value in mod.__dict__.items():
-        kind = type(value)
-        if key in ("_parameters", "_buffers"):
-            state[key] = {n: _copy_tensor(t, memo) for n, t in value.items()}
-        elif key == "_modules":
-            state[key] = {n: None if c is None else _clone_module(c, memo) for n, c in value.items()}
-        elif kind in _IMMUTABLE:
-            state[key] = value
-        elif not value and kind in _FLAT_CONTAINERS:  # the hook dicts, mostly
-            state[key] = kind()
-        else:
-            state[key] = _copy_value(value, memo)
+    state = mod.__dict__.copy()  # immutable attributes (most of them) are shared as they are
+    state["_parameters"] = {n: _copy_tensor(t, memo) for n, t in state["_parameters"].items()}
+    state["_buffers"] = {n: _copy_tensor(t, memo) for n, t in state["_buffers"].items()}
+    state["_modules"] = {n: None if c is None else _clone_module(c, memo) for n, c in state["_modules"].items()}
+    for key in [k for k, v in state.items() if type(v) not in _IMMUTABLE and k not in _TREE_DICTS]:
+        value = state[key]
+        state[key] = type(value)() if not value and type(value) in _FLAT_CONTAINERS else _copy_value(value, memo)
     new.__dict__.update(state)
     return new
 

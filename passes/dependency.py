@@ -29,6 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .graph_module import modules_of
 from .layout import Layout, UnionFind, unique_ints
 from .shapes import SHAPE, VALUE
 
@@ -172,7 +173,7 @@ class Analyzer:
         self.mixing: list[tuple[np.ndarray, FrozenReason]] = []
         self.edits: dict[str, list[Callable]] = {}
         self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
-        self.modules = dict(gm.named_modules())
+        self.modules = modules_of(gm)
 
     # ---- reading the graph -------------------------------------------------------------------
     def layout(self, arg: Any) -> Any:

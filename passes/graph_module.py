@@ -9,11 +9,25 @@ A target outside those dicts (a plain attribute) falls back to ``GraphModule(roo
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["build_graph_module"]
+__all__ = ["build_graph_module", "modules_of"]
+
+_SUBMODULES: "weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def modules_of(traced: nn.Module) -> dict[str, nn.Module]:
+    """``dict(traced.named_modules())``, walked once per trace: the passes read a trace's module tree
+    several times and never change it (the rewrite works on a copy). The cache holds the submodules
+    only (a cached root would keep its own weak key alive)."""
+    found = _SUBMODULES.get(traced)
+    if found is None:
+        found = _SUBMODULES[traced] = {name: m for name, m in traced.named_modules() if name}
+    return {"": traced, **found}
 
 
 def build_graph_module(root: nn.Module, graph: torch.fx.Graph, class_name: str,

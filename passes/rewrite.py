@@ -23,7 +23,7 @@ from torch import nn
 from .clone import clone_tree, unshare
 from .dependency import Analysis
 from .errors import PlanError
-from .graph_module import build_graph_module
+from .graph_module import build_graph_module, modules_of
 from .layout import Layout
 from .plan import Plan, kept_mask, module_positions
 
@@ -70,7 +70,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
 def _planned_tensors(analysis: Analysis, positions: dict) -> list[torch.Tensor]:
     """The parameters and buffers of the modules about to be shrunk: the copy leaves them to the slicing."""
     out = []
-    modules = dict(analysis.gm.named_modules())
+    modules = modules_of(analysis.gm)
     for name in positions:
         if name in analysis.roles:
             mod = modules[name]

@@ -23,6 +23,7 @@ from torch import nn
 from torch.fx.node import map_aggregate, map_arg
 
 from .errors import UntraceableModelError
+from .graph_module import modules_of
 from .modes import eval_mode
 
 __all__ = ["propagate_shapes", "SHAPE", "VALUE"]
@@ -156,7 +157,7 @@ class _ShapeRunner:
     def __init__(self, gm: torch.fx.GraphModule, on_meta: bool):
         self.gm = gm
         self.on_meta = on_meta
-        self.modules = dict(gm.named_modules())
+        self.modules = modules_of(gm)
 
     def run(self, *inputs: Any) -> None:
         env: dict[torch.fx.Node, Any] = {}

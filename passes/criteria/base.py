@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..dependency import Analysis, ChannelGroup, ModuleRole
+from ..graph_module import modules_of
 from ..layout import unique_ints
 from ..modes import eval_mode
 
@@ -72,7 +73,7 @@ class ScoringContext:
         """Every conv/linear layer with its module and the (group, class) of each output channel; made once."""
         if self._producers is None:
             gpos, cpos = self.class_index()
-            modules = dict(self.analysis.gm.named_modules())
+            modules = modules_of(self.analysis.gm)
             self._producers = {}
             for name, role in self.analysis.roles.items():
                 if role.kind in ("conv", "linear") and role.out_elems is not None:
