@@ -2,8 +2,9 @@
 
 Both run in this process, on one thread, on the same models and example input (1x3x224x224), best
 of 2 x --repeats fresh runs each (see best_times). Prints a table and the speed ratio,
-and where fxprune's time goes (the passes ``fxprune.prune`` runs, timed one by one, best of
---repeats each); writes bench/results/prune_speed.md.
+where fxprune's time goes (the passes ``fxprune.prune`` runs, timed one by one, best of
+--repeats each), and what ``torch.fx.symbolic_trace`` alone costs on each model (the floor of any
+pruner returning a GraphModule); writes bench/results/prune_speed.md.
 
     .venv/bin/python bench/prune_speed.py [--ratio 0.3] [--repeats 5]
 """
@@ -17,6 +18,7 @@ import statistics
 import time
 
 import torch
+import torch.fx
 import torchvision
 
 import fxprune
@@ -67,7 +69,7 @@ def time_phases(model, x, ratio) -> dict[str, float]:
     ctx = criteria.ScoringContext(analysis, options={"criterion": "l1"})
     kept = step("score+select", lambda: select(analysis, criteria.get("l1"), ctx, resolve_ratios(analysis, ratio)))
     plan = step("plan", lambda: make_plan(analysis, kept, {}))
-    step("rewrite", lambda: rewrite(analysis, kept, plan))
+    step("rewrite", lambda: rewrite(analysis, kept, plan, consume=True))  # as prune() does
     return times
 
 
@@ -77,6 +79,18 @@ def best_phases(model, x, ratio, repeats: int) -> dict[str, float]:
         gc.collect()
         runs.append(time_phases(model, x, ratio))
     return {k: min(r[k] for r in runs) for k in PHASES}
+
+
+def best_fx_floor(model, repeats: int) -> float:
+    """Best time of ``torch.fx.symbolic_trace(model)`` alone: tracing plus generating and compiling the
+    GraphModule's code, what any pruner that returns a torch.fx GraphModule pays before it prunes."""
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        torch.fx.symbolic_trace(model)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def best_times(repeats: int, model, x, ratio) -> tuple[float, float]:
@@ -115,8 +129,10 @@ def main() -> None:
         time_fxprune(model, x, args.ratio)  # warm-up: imports and first-call caches
         ours, theirs = best_times(args.repeats, model, x, args.ratio)
         phases = best_phases(model, x, args.ratio, args.repeats)
-        rows.append((name, ours, theirs, theirs / ours, phases))
+        floor = best_fx_floor(model, args.repeats)
+        rows.append((name, ours, theirs, theirs / ours, phases, floor))
         print(f"{name:16s} fxprune {ours:7.3f}s  torch-pruning {theirs:7.3f}s  speed-up {theirs / ours:5.1f}x  "
+              f"(torch.fx alone {floor * 1e3:.1f}ms: at most {theirs / floor:.1f}x)  "
               + " ".join(f"{k} {v * 1e3:.1f}ms" for k, v in phases.items()), flush=True)
     ratios = [r[3] for r in rows]
     summary = f"min speed-up {min(ratios):.1f}x, median {statistics.median(ratios):.1f}x (goal: >= 5x on every model)"
@@ -132,10 +148,13 @@ def _write_table(rows, summary, args) -> None:
         f"(a block each, then alternating); torch {torch.__version__}. "
         "Command: `.venv/bin/python bench/prune_speed.py`",
         "",
-        "| model | fxprune (s) | Torch-Pruning build+step (s) | speed-up |",
-        "|---|---|---|---|",
+        "| model | fxprune (s) | Torch-Pruning build+step (s) | speed-up | torch.fx alone (s) | Torch-Pruning / torch.fx alone |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {n} | {a:.3f} | {b:.3f} | {r:.1f}x |" for n, a, b, r, _ in rows]
+    lines += [f"| {n} | {a:.3f} | {b:.3f} | {r:.1f}x | {f:.4f} | {b / f:.1f}x |" for n, a, b, r, _, f in rows]
+    lines += ["", "torch.fx alone: `torch.fx.symbolic_trace(model)` (trace, generate and compile the code), best of "
+              f"{args.repeats}; a pruner that returns a GraphModule cannot be faster than that, so the last column "
+              "bounds the speed-up any such pruner can reach before it reads a weight."]
     lines += ["", summary, "", "Where fxprune's time goes (ms, each pass timed alone, best of "
               f"{args.repeats}):", "",
               "| model | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
