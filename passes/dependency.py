@@ -30,7 +30,7 @@ import torch.fx
 from torch import nn
 
 from .graph_module import modules_of
-from .layout import Layout, UnionFind, unique_ints
+from .layout import Layout, UnionFind, concat_segments, uniform_segments, unique_ints
 from .shapes import SHAPE, VALUE
 
 __all__ = ["analyze", "Analysis", "ChannelGroup", "ModuleRole", "FrozenReason", "Analyzer"]
@@ -367,11 +367,10 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
     sides = [side for side in sides if side[1].size]
     if not sides:
         return []
-    sizes = [e.size for _, e, _ in sides]
-    elems = np.concatenate([e for _, e, _ in sides])
+    elems, starts, sizes = concat_segments([e for _, e, _ in sides])
     gids = group_of[elems]
     members: dict[int, list[tuple[str, str]]] = {}
-    for i, g in _side_groups(gids, sizes):
+    for i, g in _side_groups(gids, starts):
         members.setdefault(g, []).append(sides[i][0])
     producing = np.repeat(np.array([p for _, _, p in sides]), sizes)
     producers = set(unique_ints(gids[producing]).tolist())
@@ -393,16 +392,15 @@ def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignor
     return groups
 
 
-def _side_groups(gids: np.ndarray, sizes: list[int]) -> list[tuple[int, int]]:
+def _side_groups(gids: np.ndarray, starts: np.ndarray) -> list[tuple[int, int]]:
     """(side, group) for each group each side's elements fall in, sorted; most sides lie in one group."""
-    starts = np.concatenate(([0], np.cumsum(sizes[:-1]))).astype(np.int64)
-    low, high = np.minimum.reduceat(gids, starts), np.maximum.reduceat(gids, starts)
+    ends = np.append(starts[1:], len(gids)).tolist()
     pairs = []
-    for i, (lo, hi) in enumerate(zip(low.tolist(), high.tolist())):
-        if lo == hi:
-            pairs.append((i, lo))
+    for i, (single, start, end) in enumerate(zip(uniform_segments(gids, starts).tolist(), starts.tolist(), ends)):
+        if single:
+            pairs.append((i, int(gids[start])))
         else:
-            pairs += [(i, g) for g in unique_ints(gids[starts[i]:starts[i] + sizes[i]]).tolist()]
+            pairs += [(i, g) for g in unique_ints(gids[start:end]).tolist()]
     return pairs
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["UnionFind", "Layout", "unique_ints"]
+__all__ = ["UnionFind", "Layout", "unique_ints", "concat_segments", "uniform_segments"]
 
 
 def unique_ints(a: np.ndarray) -> np.ndarray:
@@ -29,6 +29,18 @@ def unique_ints(a: np.ndarray) -> np.ndarray:
     first[0] = True
     np.not_equal(s[1:], s[:-1], out=first[1:])
     return s[first]
+
+
+def concat_segments(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-empty int arrays laid end to end, where each starts, and their sizes: lets a pass treat
+    every module side at once instead of looping over them."""
+    sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    return np.concatenate(arrays).astype(np.int64, copy=False), np.concatenate(([0], np.cumsum(sizes[:-1]))), sizes
+
+
+def uniform_segments(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per segment of ``values`` (see concat_segments): does it hold a single distinct value?"""
+    return np.minimum.reduceat(values, starts) == np.maximum.reduceat(values, starts)
 
 
 class UnionFind:

@@ -16,7 +16,7 @@ import numpy as np
 from .criteria import Criterion, ScoringContext
 from .dependency import Analysis
 from .errors import PlanError
-from .layout import unique_ints
+from .layout import concat_segments, uniform_segments, unique_ints
 
 __all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive", "layer_classes"]
 
@@ -112,12 +112,11 @@ def layer_classes(analysis: Analysis) -> dict[int, list[np.ndarray]]:
     sides = [e for role in analysis.roles.values() for e in (role.out_elems, role.in_elems) if e is not None and len(e)]
     if not sides:
         return {}
-    lengths = np.fromiter((len(e) for e in sides), dtype=np.int64, count=len(sides))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    roots = analysis.roots(np.concatenate(sides))
+    elems, starts, sizes = concat_segments(sides)
+    roots = analysis.roots(elems)
     groups, classes = gpos[roots], cpos[roots]
-    whole = np.minimum.reduceat(groups, starts) == np.maximum.reduceat(groups, starts)
-    side = np.repeat(np.arange(len(sides)), lengths)
+    whole = uniform_segments(groups, starts)
+    side = np.repeat(np.arange(len(sides)), sizes)
     # sort (side, class) pairs by one key; timsort ("stable") is fast here: the sides are in order already
     span = int(classes.max()) + 2
     key = np.sort(side * span + classes + 1, kind="stable")
