@@ -153,8 +153,9 @@ def _write_table(rows, summary, args) -> None:
     ]
     lines += [f"| {n} | {a:.3f} | {b:.3f} | {r:.1f}x | {f:.4f} | {b / f:.1f}x |" for n, a, b, r, _, f in rows]
     lines += ["", "torch.fx alone: `torch.fx.symbolic_trace(model)` (trace, generate and compile the code), best of "
-              f"{args.repeats}; a pruner that returns a GraphModule cannot be faster than that, so the last column "
-              "bounds the speed-up any such pruner can reach before it reads a weight."]
+              f"{args.repeats}: the standard cost of getting a GraphModule, before any weight is read. The last column "
+              "is the speed-up a pruner would show if its whole prune cost just that (fxprune's own tracer and "
+              "builder are leaner than symbolic_trace, but its analysis, scoring and slicing come on top)."]
     lines += ["", summary, "", "Where fxprune's time goes (ms, each pass timed alone, best of "
               f"{args.repeats}):", "",
               "| model | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
