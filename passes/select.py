@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .criteria import Criterion, ScoringContext
-from .dependency import Analysis
+from .dependency import PRODUCER_KINDS, Analysis
 from .errors import PlanError
 from .layout import concat_segments, uniform_segments, unique_ints
 
@@ -45,7 +45,7 @@ def class_step(analysis: Analysis, gi: int, round_to: int | None) -> int | None:
         return round_to
     gpos, _ = analysis.class_positions()
     for role in analysis.roles.values():
-        if role.kind in ("conv", "linear") and role.out_elems is not None:
+        if role.kind in PRODUCER_KINDS and role.out_elems is not None:
             roots = analysis.roots(role.out_elems)
             mine = roots[gpos[roots] == gi]
             if mine.size:
@@ -117,10 +117,9 @@ def layer_classes(analysis: Analysis) -> dict[int, list[np.ndarray]]:
     groups, classes = gpos[roots], cpos[roots]
     whole = uniform_segments(groups, starts)
     side = np.repeat(np.arange(len(sides)), sizes)
-    # sort (side, class) pairs by one key; timsort ("stable") is fast here: the sides are in order already
+    # the distinct (side, class) pairs as one key each; the sides come in order already
     span = int(classes.max()) + 2
-    key = np.sort(side * span + classes + 1, kind="stable")
-    key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+    key = unique_ints(side * span + classes + 1, nearly_sorted=True)
     side, classes = key // span, key % span - 1
     bounds = np.searchsorted(side, np.arange(len(sides) + 1)).tolist()
     out: dict[int, list[np.ndarray]] = {}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dependency import Analysis, ChannelGroup, ModuleRole
+from ..dependency import PRODUCER_KINDS, Analysis, ChannelGroup, ModuleRole
 from ..graph_module import modules_of
 from ..layout import unique_ints
 from ..modes import eval_mode
@@ -46,16 +46,10 @@ class ScoringContext:
     analysis: Analysis
     data: Iterable | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    _class_index: tuple[np.ndarray, np.ndarray] | None = None
     _observed: dict[tuple[str, str], np.ndarray | torch.Tensor] = field(default_factory=dict)
     _producers: dict[str, tuple] | None = None
 
     # ---- group structure ------------------------------------------------------------------------
-    def class_index(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._class_index is None:
-            self._class_index = self.analysis.class_positions()
-        return self._class_index
-
     def producers(self, group: ChannelGroup) -> list[Producer]:
         """The group's producing layers in leader order."""
         gid = group.id  # a group's id is its position in analysis.groups
@@ -72,11 +66,11 @@ class ScoringContext:
     def _producer_classes(self) -> dict[str, tuple[ModuleRole, nn.Module, np.ndarray, np.ndarray]]:
         """Every conv/linear layer with its module and the (group, class) of each output channel; made once."""
         if self._producers is None:
-            gpos, cpos = self.class_index()
+            gpos, cpos = self.analysis.class_positions()
             modules = modules_of(self.analysis.gm)
             self._producers = {}
             for name, role in self.analysis.roles.items():
-                if role.kind in ("conv", "linear") and role.out_elems is not None:
+                if role.kind in PRODUCER_KINDS and role.out_elems is not None:
                     roots = self.analysis.roots(role.out_elems)
                     self._producers[name] = (role, modules[name], gpos[roots], cpos[roots])
         return self._producers

@@ -26,7 +26,7 @@ _warned: set[str] = set()
 def norm_gamma_sum(ctx: ScoringContext, group) -> tuple[np.ndarray, np.ndarray]:
     """(Σ|γ| per class, how many affine norms cover each class) over the group's norm members."""
     gid = ctx.analysis.groups.index(group)
-    gpos, cpos = ctx.class_index()
+    gpos, cpos = ctx.analysis.class_positions()
     scores, covered = np.zeros(group.n_classes), np.zeros(group.n_classes, dtype=np.int64)
     for name in dict.fromkeys(m for m, _ in group.members):  # each module once, member order
         role = ctx.analysis.roles.get(name)
