@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx
 from torch import nn
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate, map_arg
 
 from .errors import UntraceableModelError
@@ -200,7 +201,7 @@ class _ShapeRunner:
         if node.op == "call_function":
             return self.call_function(node.target, args, kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], node.target)(*_as_called(args[1:]), **_as_called(kwargs))
         if node.op == "get_attr":
             return self.get_attr(node.target)
         raise UntraceableModelError(f"unknown node kind {node.op!r} at {node.format_node()}")
@@ -215,7 +216,7 @@ class _ShapeRunner:
 
     def call_module(self, mod: nn.Module, args: tuple, kwargs: dict) -> Any:
         if not self.on_meta:
-            return mod(*args, **kwargs)
+            return mod(*_as_called(args), **_as_called(kwargs))
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and not kwargs and len(args) == 1:
             if type(mod) in _SAME_SHAPE_TYPES:
@@ -226,7 +227,7 @@ class _ShapeRunner:
                 return torch.empty(shape, dtype=x.dtype, device="meta")
         tensors = [*mod.named_parameters(), *mod.named_buffers()]
         state = {k: torch.empty_like(v, device="meta") for k, v in tensors}
-        return torch.func.functional_call(mod, state, tuple(args), dict(kwargs), strict=False)
+        return torch.func.functional_call(mod, state, _as_called(tuple(args)), _as_called(dict(kwargs)), strict=False)
 
     def call_function(self, target: Callable, args: tuple, kwargs: dict) -> Any:
         if self.on_meta and target is torch.cat:
@@ -242,7 +243,19 @@ class _ShapeRunner:
                 out = _binary_shape(*args)
                 if out is not None and out.shape == args[0].shape:
                     return args[0]
-        return target(*args, **kwargs)
+        return target(*_as_called(args), **_as_called(kwargs))
+
+
+def _as_called(x: Any) -> Any:
+    """``x`` with the graph's read-only lists and dicts made plain again, as the generated code passes them
+    (a literal ``[0, 0, 0]`` there is a new list per call, which the callee may write to)."""
+    if isinstance(x, immutable_list) or type(x) is list:
+        return [_as_called(v) for v in x]
+    if isinstance(x, immutable_dict) or type(x) is dict:
+        return {k: _as_called(v) for k, v in x.items()}
+    if type(x) is tuple:
+        return tuple(_as_called(v) for v in x)
+    return x
 
 
 def _record(node: torch.fx.Node, value: Any) -> None:

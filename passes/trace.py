@@ -8,6 +8,7 @@ graph, and most calls never run it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import traceback
 from typing import Iterable, Sequence
@@ -42,7 +43,7 @@ class _LeafTracer(torch.fx.Tracer):
             return True
         if any(fnmatch.fnmatchcase(qualname, pat) for pat in self.leaf_names):
             return True
-        return super().is_leaf_module(m, qualname)
+        return super().is_leaf_module(m, qualname) or computes_as_torch_layer(type(m))
 
     def call_module(self, m, forward, args, kwargs):
         """A leaf becomes one node; any other module is traced through. Unlike the base tracer, no
@@ -92,6 +93,29 @@ class _LeafTracer(torch.fx.Tracer):
             f"Keep it opaque with leaf_modules=['{path}'] (its channels are then left unpruned), "
             "or make its forward free of data-dependent Python control flow."
         )
+
+
+#: What a subclass may define without changing what its torch.nn layer computes: how it is built and printed.
+_BUILD_ONLY = frozenset({"__init__", "reset_parameters", "extra_repr", "__repr__", "__module__", "__qualname__",
+                         "__doc__", "__dict__", "__weakref__", "__annotations__", "__firstlineno__",
+                         "__static_attributes__", "__orig_bases__", "__parameters__"})
+
+
+@functools.lru_cache(maxsize=None)
+def computes_as_torch_layer(cls: type) -> bool:
+    """Is ``cls`` a torch.nn layer subclass that changes only how the layer is built?
+
+    Such a class (``Conv3DSimple(nn.Conv3d)`` in torchvision's video ResNets, a user's
+    ``MyConv(nn.Conv2d)`` with its own ``__init__``) runs the torch.nn layer's own ``forward`` on its own
+    parameters, so it is kept as one node like the layer itself and the layer's dependency rule and
+    slicing apply. A subclass that redefines ``forward`` or anything else the layer has (a helper
+    ``forward`` calls, a property) is traced through as before: what it computes is not known here.
+    """
+    layer = next((k for k in cls.__mro__ if k.__module__.startswith(("torch.nn.", "torch.ao.nn."))), None)
+    if layer is None or layer is nn.Module or issubclass(layer, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    own = cls.__mro__[:cls.__mro__.index(layer)]
+    return all(name in _BUILD_ONLY or not hasattr(layer, name) for k in own for name in vars(k))
 
 
 def _user_source_line(err: Exception) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.fx
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -121,3 +123,29 @@ def test_each_formula_gives_the_kernels_shape(layer, shape):
     assert formula is not None, "the formula declined a layer it is meant to cover"
     expected = layer.to("meta")(torch.empty(shape, device="meta")).shape
     assert tuple(formula) == tuple(expected)
+
+
+@torch.fx.wrap
+def _fill_window(window: list, sizes: list) -> list:
+    """Writes into its list argument, as torchvision's video Swin does with a literal [0, 0, 0]."""
+    for i, s in enumerate(sizes):
+        window[i] = min(s, 4)
+    return window
+
+
+class _WritesIntoLiteralList(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        window = _fill_window([0, 0], [y.shape[2], y.shape[3]])
+        return F.avg_pool2d(y, window)
+
+
+def test_a_function_may_write_into_a_literal_list_argument():
+    """The generated code passes a new list per call; the shape pass must too (the graph's own lists are read-only)."""
+    gm, _ = trace(_WritesIntoLiteralList().eval(), torch.randn(1, 3, 8, 8))
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    assert tuple(out.meta[SHAPE]) == (1, 8, 2, 2)

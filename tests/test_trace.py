@@ -44,3 +44,69 @@ def test_same_graph_as_torch_fx(name):
     gm, _ = trace(model, torch.randn(1, 3, 32, 32))
     reference = torch.fx.Tracer().trace(model)
     assert str(gm.graph) == str(reference)
+
+
+# ---- torch.nn layer subclasses ---------------------------------------------------------------------
+class _BuiltConv(nn.Conv2d):
+    """Changes only how the layer is built (like torchvision's Conv3DSimple): one node, pruned as a conv."""
+
+    def __init__(self, cin, cout):
+        super().__init__(cin, cout, 3, padding=1, bias=False)
+
+    @staticmethod
+    def describe() -> str:
+        return "a helper the conv's forward never calls"
+
+
+class _ScaledConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+class _OwnConvForward(nn.Conv2d):
+    def _conv_forward(self, x, weight, bias):
+        return F.conv2d(x, weight.flip(-1), bias, self.stride, self.padding)
+
+
+class _SubclassNet(nn.Module):
+    def __init__(self, conv_type):
+        super().__init__()
+        self.conv1 = conv_type(3, 8)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = conv_type(8, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.conv2(torch.relu(self.bn(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _conv(cls):
+    return lambda cin, cout: cls(cin, cout, 3, padding=1) if cls is not _BuiltConv else cls(cin, cout)
+
+
+@pytest.mark.parametrize("cls, leaf", [(_BuiltConv, True), (_ScaledConv, False), (_OwnConvForward, False)])
+def test_layer_subclass_is_one_node_only_when_it_runs_the_layers_own_forward(cls, leaf):
+    from passes.trace import computes_as_torch_layer
+
+    model = _SubclassNet(_conv(cls)).eval()
+    gm, _ = trace(model, torch.randn(1, 3, 16, 16))
+    modules = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    assert computes_as_torch_layer(cls) is leaf
+    assert ("conv1" in modules) is leaf
+    assert not computes_as_torch_layer(type("Stack", (nn.Sequential,), {}))  # containers are traced through
+
+
+@pytest.mark.parametrize("cls", [_BuiltConv, _ScaledConv, _OwnConvForward])
+def test_layer_subclasses_prune_to_the_masked_original(cls):
+    """A build-only subclass is pruned like its layer; the others are traced through (their weights are read
+    by get_attr, so their channels are left unpruned) and the result still equals the masked original."""
+    import fxprune
+    from conftest import prune_and_check, randomize
+
+    model = randomize(_SubclassNet(_conv(cls)))
+    x = torch.randn(2, 3, 16, 16)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    built_only = cls is _BuiltConv
+    assert ("conv1" in small.meta["fxprune.plan"].modules) is built_only
+    assert isinstance(small.get_submodule("conv1"), cls) is built_only
