@@ -133,16 +133,23 @@ class Layout:
         return unique_ints(self.index)
 
     def dense(self, shape: torch.Size) -> torch.Tensor:
-        """The layout materialized at the tensor's full shape, ready to be pushed through a layout op."""
-        return torch.from_numpy(np.broadcast_to(self.index, tuple(shape)).copy())
+        """The layout at the tensor's full shape, ready to be pushed through a layout op: a broadcast view
+        (stride 0 where nothing varies), so a (B, N, C) token tensor costs C ints, not B*N*C; ops that
+        cannot keep it a view (a flatten across a varying axis) copy what they need."""
+        return torch.from_numpy(np.array(self.index)).expand(tuple(shape))
 
     @staticmethod
     def compress(dense: torch.Tensor) -> "Layout":
-        """Inverse of :meth:`dense`: keep size 1 on every dim along which the elements do not change."""
-        arr = dense.numpy() if isinstance(dense, torch.Tensor) else np.asarray(dense)
+        """Inverse of :meth:`dense`: keep size 1 on every dim along which the elements do not change.
+        A stride-0 dim repeats one slice by construction; the others are compared slice by slice."""
+        t = dense if isinstance(dense, torch.Tensor) else torch.from_numpy(np.asarray(dense))
+        for d in range(t.dim()):
+            if t.shape[d] > 1 and t.stride(d) == 0:
+                t = t.narrow(d, 0, 1)
+        arr = t.numpy()
         for d in range(arr.ndim):
             if arr.shape[d] > 1:
                 first = np.take(arr, [0], axis=d)
                 if np.array_equal(np.broadcast_to(first, arr.shape), arr):
                     arr = first
-        return Layout(np.ascontiguousarray(arr))
+        return Layout(np.array(arr))  # an array of its own: the op's result may be a view of its input

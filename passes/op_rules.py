@@ -443,6 +443,8 @@ LAYOUT_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "unsquee
 LAYOUT_FUNCTIONS = (torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze,
                     torch.squeeze, torch.movedim, torch.t, torch.swapaxes)
 RESHAPES_WITH_SIZES = ("view", "reshape", "expand")
+#: Same values as the view, copying where the broadcast layout's strides allow no view.
+_COPYING_TWIN = {"view": "reshape", "view_as": "reshape_as"}
 
 
 @REGISTRY.module(nn.Flatten, nn.Unflatten)
@@ -495,7 +497,8 @@ def _apply_to_layout(an, node, src, lay: Layout) -> Layout | None:
         if node.op == "call_module":
             result = an.module(node)(*args, **kwargs)
         elif node.op == "call_method":
-            result = getattr(args[0], node.target)(*args[1:], **kwargs)
+            method = _COPYING_TWIN.get(node.target, node.target)  # the layout is a broadcast view (Layout.dense)
+            result = getattr(args[0], method)(*args[1:], **kwargs)
         else:
             result = node.target(*args, **kwargs)
     except Exception:

@@ -365,3 +365,37 @@ def test_opaque_op_on_channels_last_tensor_keeps_the_channel_axis():
     lay = analysis.node_layouts["cumsum"]
     assert lay.varying_dims() == [2]
     assert all(g.frozen for g in analysis.groups if ("head", "in") in g.members)
+
+
+# ---- layouts pushed through views ------------------------------------------------------------------
+class TokensAndViewFlatten(nn.Module):
+    """Channels carried through token reshapes ((B, C, H, W) -> (B, H*W, C) -> heads) and a ``view`` that
+    flattens the channel axis together with the spatial ones into a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.proj = nn.Linear(8, 8)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        t = y.flatten(2).transpose(1, 2)                     # (B, H*W, C)
+        t = self.proj(t).view(b, h * w, 2, 4).transpose(1, 2)  # (B, heads, H*W, C/heads)
+        y = torch.relu(t.transpose(1, 2).reshape(b, h, w, 8).permute(0, 3, 1, 2)).contiguous()
+        return self.fc(y.view(b, -1))
+
+
+def test_layouts_go_through_views_without_materializing_the_tokens():
+    from passes.layout import Layout
+
+    lay = Layout.along(np.arange(8), dim=2, ndim=3)
+    dense = lay.dense(torch.Size([2, 1000, 8]))
+    assert dense.untyped_storage().nbytes() == 8 * 8  # one int64 per channel, whatever the token count
+    assert np.array_equal(Layout.compress(dense.reshape(2, 1000, 2, 4)).index, np.arange(8).reshape(1, 1, 2, 4))
+    model = randomize(TokensAndViewFlatten())
+    x = torch.randn(2, 3, 4, 4)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    kept = small.meta["fxprune.plan"].modules
+    assert len(kept["proj"]["out"]) == 4 and len(kept["fc"]["in"]) == 4 * 16  # each kept channel owns its 16 features
