@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 from torch import nn
 
 from passes import criteria as _criteria
@@ -51,7 +50,8 @@ __all__ = ["SoftFilterPruning", "asymptotic_fraction"]
 log = logging.getLogger(__name__)
 
 # x = exp(-k T / 4): the root in (0, 1) of x + x^2 + x^3 = 1/3 (f(T/4) = 3/4 with f(T) = 1).
-_X = brentq(lambda x: x + x * x + x ** 3 - 1.0 / 3.0, 0.0, 1.0, xtol=1e-15)
+# np.roots, not scipy.optimize: importing that costs most of ``import fxprune``'s time.
+_X = float(next(r.real for r in np.roots([1.0, 1.0, 1.0, -1.0 / 3.0]) if abs(r.imag) < 1e-12 and 0.0 < r.real < 1.0))
 
 
 def asymptotic_fraction(t: float, total: float) -> float:

@@ -24,7 +24,6 @@ Without ``data=`` the maps come from standard-normal inputs (warned once): a dat
 """
 from __future__ import annotations
 
-import igraph
 import numpy as np
 import scipy.fft
 import torch
@@ -60,6 +59,8 @@ def similarity(bits: np.ndarray) -> np.ndarray:
 def decompose(sim: np.ndarray, l1: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Repeated max-k-core decomposition. Returns (kept indices ascending, removal round per filter;
     -1 for kept filters)."""
+    import igraph  # here, not at import: it loads matplotlib (about a second) and only this criterion needs it
+
     n = len(l1)
     rows, cols = np.nonzero(sim >= threshold)
     g = igraph.Graph(n=n, edges=np.column_stack([rows, cols]).tolist())
