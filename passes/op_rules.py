@@ -162,6 +162,27 @@ def batchnorm_rule(an, node):
     return an.layout(src)
 
 
+@REGISTRY.function(F.batch_norm, F.instance_norm)
+def batch_norm_function_rule(an, node):
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` (a norm layer whose own ``forward``
+    calls it, e.g. timm's BatchNormAct2d): per channel along dim 1, as :func:`batchnorm_rule`; the
+    per-channel tensors it reads through ``get_attr`` are sliced with the channels."""
+    src = node.args[0]
+    elems = _channel_elems(an, node, src, 1, "normalized channels are not a simple channel axis")
+    if elems is None:
+        return an.layout(src)
+    names = ("running_mean", "running_var", "weight", "bias")
+    for i, name in enumerate(names, start=1):
+        tensor = _arg(node, i, name)
+        if not isinstance(tensor, torch.fx.Node):
+            continue
+        if tensor.op == "get_attr":
+            an.record_attr_slice(tensor, 0, elems)
+        else:
+            an.freeze(elems, node, f"the norm's {name} is computed in the graph")
+    return an.layout(src)
+
+
 @REGISTRY.module(nn.GroupNorm)
 def groupnorm_rule(an, node):
     gn = an.module(node)

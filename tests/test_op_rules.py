@@ -399,3 +399,38 @@ def test_layouts_go_through_views_without_materializing_the_tokens():
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
     kept = small.meta["fxprune.plan"].modules
     assert len(kept["proj"]["out"]) == 4 and len(kept["fc"]["in"]) == 4 * 16  # each kept channel owns its 16 features
+
+
+# ---- functional batch norm ---------------------------------------------------------------------------
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's pattern: a BatchNorm2d whose own forward calls F.batch_norm and an activation (traced through)."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
+        return torch.relu(x)
+
+
+class FunctionalNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = BatchNormAct2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.gamma = nn.Parameter(torch.rand(16) + 0.5)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = self.conv2(self.bn1(self.conv1(x)))
+        y = F.instance_norm(y, weight=self.gamma)
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(y), 1).flatten(1))
+
+
+def test_functional_batch_and_instance_norm_slice_their_tensors():
+    model = randomize(FunctionalNormNet())
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    modules = small.meta["fxprune.plan"].modules
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        assert len(modules[f"bn1.{name}"]["out"]) == 8
+        assert getattr(small.bn1, name).shape == (8,)
+    assert small.gamma.shape == (8,) and small.conv2.weight.shape == (8, 8, 3, 3)
