@@ -549,19 +549,26 @@ def getitem_rule(an, node):
         return lay[idx]
     if lay is None:
         return None
-    if an.shape(src) is None:
+    shape = an.shape(src)
+    if shape is None:
         return None
-    if _touches_channels(idx, lay, len(an.shape(src))):
+    restricted = _restricted_channel_axes(idx, lay, len(shape))
+    if restricted is None:
         return an.opaque(node, "indexing selects channels")
+    if restricted:
+        if any(not _is_unit_slice(item) or lay.elems_along(axis, shape) is None for _, item, axis in restricted):
+            return an.opaque(node, "indexing selects channels other than by a range")
+        an.add_edit(node, _rewrite_channel_ranges)  # x[:, :k] (GhostNet): the range shrinks to its kept channels
     return reshape_rule(an, node)
 
 
-def _touches_channels(idx, lay: Layout, ndim: int) -> bool:
-    """True when the index restricts an axis along which channels vary."""
+def _restricted_channel_axes(idx, lay: Layout, ndim: int) -> list[tuple[int, Any, int]] | None:
+    """(position in the index, index item, axis) for every item that restricts an axis along which
+    channels vary; None when the index is computed in the graph (not known here)."""
     items = idx if isinstance(idx, tuple) else (idx,)
     if any(isinstance(i, torch.fx.Node) for i in items):
-        return True
-    axis = 0
+        return None
+    found, axis = [], 0
     for pos, it in enumerate(items):
         if it is Ellipsis:
             axis = ndim - (len(items) - pos - 1)
@@ -570,9 +577,27 @@ def _touches_channels(idx, lay: Layout, ndim: int) -> bool:
             continue
         restricts = not (isinstance(it, slice) and it == slice(None))
         if restricts and axis in lay.varying_dims():
-            return True
+            found.append((pos, it, axis))
         axis += 1
-    return False
+    return found
+
+
+def _is_unit_slice(item) -> bool:
+    return isinstance(item, slice) and item.step in (None, 1) and \
+        all(b is None or type(b) is int for b in (item.start, item.stop))
+
+
+def _rewrite_channel_ranges(gm, node, analysis, keep) -> None:
+    """Each channel range ``a:b`` of the index becomes the range its kept channels occupy after pruning
+    (pruning keeps the order, so they stay contiguous)."""
+    src, idx = node.args[0], node.args[1]
+    lay, shape = analysis.node_layouts[src.name], src.meta["fxprune.shape"]
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    for pos, item, axis in _restricted_channel_axes(idx, lay, len(shape)):
+        start, stop, _ = item.indices(shape[axis])
+        kept_before = np.concatenate(([0], np.cumsum(keep[lay.elems_along(axis, shape)])))
+        items[pos] = slice(int(kept_before[start]), int(kept_before[max(start, stop)]))
+    node.args = (src, tuple(items) if isinstance(idx, tuple) else items[0]) + tuple(node.args[2:])
 
 
 # ---------------------------------------------------------------------------------------------

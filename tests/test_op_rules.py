@@ -2,6 +2,8 @@
 channel-mixing ops (LayerNorm over channels, q·k contractions), the group is marked ``mixing``,
 the pruned model runs with the right shapes and the original's slices, and ``strict=True`` freezes
 those channels so verify holds exactly again."""
+import operator
+
 import numpy as np
 import pytest
 import torch
@@ -434,3 +436,51 @@ def test_functional_batch_and_instance_norm_slice_their_tensors():
         assert len(modules[f"bn1.{name}"]["out"]) == 8
         assert getattr(small.bn1, name).shape == (8,)
     assert small.gamma.shape == (8,) and small.conv2.weight.shape == (8, 8, 3, 3)
+
+
+# ---- channel ranges --------------------------------------------------------------------------------
+class GhostAndPartialResidual(nn.Module):
+    """GhostNet's ``cat([x1, cheap(x1)])[:, :out]`` and ReXNet's ``cat([x[:, :c] + shortcut, x[:, c:]])``."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary = nn.Conv2d(3, 8, 1)
+        self.cheap = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.expand = nn.Conv2d(12, 20, 1)
+        self.bn = nn.BatchNorm2d(20)
+        self.fc = nn.Linear(20, 5)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        ghost = torch.cat([x1, self.cheap(x1)], dim=1)[:, :12]
+        y = self.bn(self.expand(torch.relu(ghost)))
+        y = torch.cat([y[:, 0:12] + ghost, y[:, 12:]], dim=1)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_channel_ranges_shrink_to_their_kept_channels():
+    model = randomize(GhostAndPartialResidual())
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.75)
+    modules = small.meta["fxprune.plan"].modules
+    kept_primary, kept_cheap, kept_expand = (list(modules[m]["out"]) for m in ("primary", "cheap", "expand"))
+    ranges = [(n.args[1][1].start, n.args[1][1].stop) for n in small.graph.nodes if n.target is operator.getitem]
+    ghost = len(kept_primary) + sum(c < 4 for c in kept_cheap)  # kept channels among cat's first 12
+    head = sum(c < 12 for c in kept_expand)
+    assert ranges == [(0, ghost), (0, head), (head, len(kept_expand))]
+    assert len(kept_primary) < 8
+
+
+def test_computed_or_strided_channel_indexing_stays_frozen():
+    class Strided(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(F.adaptive_avg_pool2d(self.conv(x)[:, ::2], 1).flatten(1))
+
+    analysis = fxprune.analyze(Strided().eval(), torch.randn(1, 3, 4, 4))
+    assert all(g.frozen for g in analysis.groups)
+    assert "other than by a range" in str(analysis)
