@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import Layout
+from .trace import computes_as
 
 __all__ = ["REGISTRY", "RuleRegistry"]
 
@@ -62,9 +63,12 @@ class RuleRegistry:
 
     def lookup(self, an, node: torch.fx.Node) -> Callable | None:
         if node.op == "call_module":
-            for cls in type(an.module(node)).__mro__:
+            kind = type(an.module(node))
+            for cls in kind.__mro__:
                 if cls in self.modules:
-                    return self.modules[cls]
+                    # a subclass that redefines what the layer does (a weight-standardized conv a user
+                    # keeps opaque) is not that layer: no rule, so its channels are frozen
+                    return self.modules[cls] if computes_as(kind, cls) else None
             return None
         if node.op == "call_function":
             try:

@@ -114,8 +114,15 @@ def computes_as_torch_layer(cls: type) -> bool:
     layer = next((k for k in cls.__mro__ if k.__module__.startswith(("torch.nn.", "torch.ao.nn."))), None)
     if layer is None or layer is nn.Module or issubclass(layer, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
         return False
-    own = cls.__mro__[:cls.__mro__.index(layer)]
-    return all(name in _BUILD_ONLY or not hasattr(layer, name) for k in own for name in vars(k))
+    return computes_as(cls, layer)
+
+
+@functools.lru_cache(maxsize=None)
+def computes_as(cls: type, base: type) -> bool:
+    """Does ``cls`` compute what its ancestor ``base`` computes: do the classes between them define
+    nothing ``base`` has, apart from how the module is built and printed?"""
+    own = cls.__mro__[:cls.__mro__.index(base)]
+    return all(name in _BUILD_ONLY or not hasattr(base, name) for k in own for name in vars(k))
 
 
 def _user_source_line(err: Exception) -> str:

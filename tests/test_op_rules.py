@@ -484,3 +484,36 @@ def test_computed_or_strided_channel_indexing_stays_frozen():
     analysis = fxprune.analyze(Strided().eval(), torch.randn(1, 3, 4, 4))
     assert all(g.frozen for g in analysis.groups)
     assert "other than by a range" in str(analysis)
+
+
+# ---- opaque subclasses of known layers ---------------------------------------------------------------
+class StdConv2d(nn.Conv2d):
+    """Weight standardization: each filter is normalized over its input channels, so removing an input
+    channel changes every filter; not a conv the conv rule may prune."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class StdConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.std = StdConv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = self.std(torch.relu(self.bn(self.conv1(x))))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_a_leaf_subclass_with_its_own_forward_is_not_pruned_as_its_layer():
+    model = randomize(StdConvNet())
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x, leaf_modules=[StdConv2d])
+    assert any(r.node == "std" and "no dependency rule" in r.reason for g in analysis.groups for r in g.reasons)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5, leaf_modules=[StdConv2d])
+    assert small.conv1.out_channels == 16 and small.std.out_channels == 16
