@@ -85,6 +85,44 @@ def matmul_rule(an, node):
     return _contract(an, node, [a, b], subs, out)
 
 
+@REGISTRY.function(F.scaled_dot_product_attention)
+def sdpa_rule(an, node):
+    """``F.scaled_dot_product_attention(q, k, v)`` (timm's attention) is ``softmax(q·kᵀ·scale) @ v``: q's and
+    k's head dims are summed over (united position by position and marked mixing, see :func:`_contract`);
+    v's head dims pass through to the output, every head alike. The rewrite pins ``scale`` to its
+    original value, so removing a dim of q and k is zeroing it."""
+    q, k, v = (_arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
+    mask = _arg(node, 3, "attn_mask")
+    tensors = [t for t in (q, k, v) if isinstance(t, torch.fx.Node)]
+    if len(tensors) != 3 or any(an.shape(t) is None for t in tensors) or \
+            isinstance(mask, torch.fx.Node) and an.layout(mask) is not None:
+        return _opaque_if_tracked(an, node, "attention in a form this rule does not read")
+    qk = [an.layout(q), an.layout(k)]
+    lay_v = an.layout(v)
+    if any(lay is not None and (not isinstance(lay, Layout) or lay.ndim - 2 in lay.varying_dims())
+           for lay in qk + [lay_v]):
+        return an.opaque(node, "attention with channels along the token axis")
+    if (qk[0] is None) != (qk[1] is None):
+        return an.opaque(node, "attention scores of channels against a constant")
+    if qk[0] is not None:
+        an.unify(*np.broadcast_arrays(qk[0].index, qk[1].index))
+        an.mix([qk[0].index, qk[1].index], node,
+               "summed over these channels (attention scores q·k): removing some changes the sum")
+        if _arg(node, 6, "scale") is None:
+            scale = 1.0 / math.sqrt(an.shape(q)[-1])
+            an.add_edit(node, functools.partial(_pin_scale, scale=scale))
+    if lay_v is None:
+        return None
+    index = lay_v.index
+    for d in lay_v.varying_dims()[:-1]:  # a head axis: the heads shrink alike, so none disappears
+        an.unify(np.broadcast_to(np.take(index, [0], axis=d), index.shape), index)
+    return lay_v
+
+
+def _pin_scale(gm, node, analysis, keep, scale: float) -> None:
+    node.kwargs = {**node.kwargs, "scale": scale}
+
+
 def _opaque_if_tracked(an, node, reason):
     if any(an.layout(a) is not None for a in node.all_input_nodes):
         return an.opaque(node, reason)

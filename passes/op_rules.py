@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import Layout
+from .shapes import SHAPE
 from .trace import computes_as
 
 __all__ = ["REGISTRY", "RuleRegistry"]
@@ -620,8 +621,7 @@ def split_rule(an, node):
     amount = an.value(_arg(node, 1, "chunks" if is_chunk else "split_size_or_sections"))
     dim = _norm_dim(an.value(_arg(node, 2, "dim", 0)), len(shape))
     if dim not in lay.varying_dims():
-        pieces = an.shape(node)
-        return tuple(lay for _ in pieces)
+        return tuple(lay for _ in node.meta[SHAPE])  # one shape per piece
     elems = lay.elems_along(dim, shape)
     if elems is None:
         return an.opaque(node, "split of a channel axis that is not simple")
@@ -637,6 +637,29 @@ def split_rule(an, node):
         if not is_chunk:
             an.shape_edits[node.name] = "split_size"
     return tuple(Layout.along(p, dim, len(shape)) for p in parts)
+
+
+@REGISTRY.function(torch.unbind)
+@REGISTRY.method("unbind")
+def unbind_rule(an, node):
+    """``t.unbind(d)``: piece ``i`` is ``t.select(d, i)``. When channels vary along ``d`` (timm's packed
+    q, k, v), the pieces are pruned in lockstep, as equal chunks are, so their count never changes;
+    unbinding a tensor whose channels vary along ``d`` alone would make each channel a piece: frozen."""
+    src = _first_tensor(an, node)
+    lay, shape = an.layout(src), an.shape(src)
+    if lay is None:
+        return None
+    if not isinstance(lay, Layout) or shape is None:
+        return an.opaque(node, "unbind of a tensor whose channels cannot be followed")
+    dim = _norm_dim(an.value(_arg(node, 1, "dim", 0)), len(shape))
+    if dim not in lay.varying_dims():
+        return tuple(Layout(np.squeeze(lay.index, dim)) for _ in range(shape[dim]))
+    if lay.varying_dims() == [dim]:
+        return an.opaque(node, "unbind makes every channel a tensor of its own")
+    pieces = [np.take(lay.index, i, axis=dim) for i in range(shape[dim])]
+    for p in pieces[1:]:
+        an.unify(pieces[0], p)
+    return tuple(Layout(np.ascontiguousarray(p)) for p in pieces)
 
 
 def _piece_sizes(is_chunk: bool, amount, n: int) -> list[int] | None:

@@ -268,8 +268,8 @@ def _rewrite_sizes(node, analysis, keep) -> None:
 
     A literal equal to an old channel count becomes the new count. A size read at run time keeps
     being read when it is read from a tensor dim that shrinks alike (``x.size(1)`` of the same
-    channels); otherwise (read from a tensor whose channels differ, or computed) it becomes the new
-    count where it changes.
+    channels); read from a tensor whose channels differ, it becomes the new count where that
+    changes; computed on a channel axis, it becomes the new count.
     """
     old = list(node.meta["fxprune.shape"])
     new = _new_shape(node, analysis, keep)
@@ -289,7 +289,10 @@ def _rewrite_sizes(node, analysis, keep) -> None:
                 sizes[d], changed = n, True
         elif isinstance(s, torch.fx.Node):
             read = _size_read(s, analysis, keep)
-            if read is not None and read[1] != n or read is None and d in channel_dims and o != n:
+            # a computed size on a channel axis (c // heads, with c read from a tensor that shrinks
+            # otherwise) becomes the axis' new count even where that count stays: channel counts are
+            # fixed by the weights, never by the input
+            if read is not None and read[1] != n or read is None and d in channel_dims:
                 sizes[d], changed = n, True
     if changed:
         node.args = (args[0], tuple(sizes)) if packed else (args[0], *sizes)

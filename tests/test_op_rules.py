@@ -2,6 +2,7 @@
 channel-mixing ops (LayerNorm over channels, q·k contractions), the group is marked ``mixing``,
 the pruned model runs with the right shapes and the original's slices, and ``strict=True`` freezes
 those channels so verify holds exactly again."""
+import math
 import operator
 
 import numpy as np
@@ -517,3 +518,35 @@ def test_a_leaf_subclass_with_its_own_forward_is_not_pruned_as_its_layer():
     assert any(r.node == "std" and "no dependency rule" in r.reason for g in analysis.groups for r in g.reasons)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5, leaf_modules=[StdConv2d])
     assert small.conv1.out_channels == 16 and small.std.out_channels == 16
+
+
+# ---- packed q, k, v with unbind and scaled_dot_product_attention (timm's Attention) -------------------
+class PackedAttentionBlock(nn.Module):
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.stem = nn.Conv2d(3, dim, 2, stride=2)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc1 = nn.Linear(dim, 32)
+        self.fc2 = nn.Linear(32, dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        b, n, c = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v)
+        t = t + self.proj(a.transpose(1, 2).reshape(b, n, c))
+        t = t + self.fc2(F.gelu(self.fc1(t)))
+        return self.head(t.mean(1))
+
+
+def test_packed_attention_with_unbind_and_sdpa():
+    model = randomize(PackedAttentionBlock())
+    x = torch.randn(2, 3, 8, 8)
+    small, strict = _mixing_check(model, x)
+    assert small.qkv.out_features < 48 and small.qkv.out_features % 6 == 0  # q, k, v dims, in every head alike
+    sdpa = next(n for n in small.graph.nodes if n.target is F.scaled_dot_product_attention)
+    assert sdpa.kwargs["scale"] == pytest.approx(1 / math.sqrt(8))  # the original head dim's scale
+    assert strict.fc1.out_features < 32  # strict: the MLP is pruned exactly

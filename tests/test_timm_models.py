@@ -1,7 +1,8 @@
 """timm models (the other model zoo our users prune): each prunes to the masked original, with most of its
 channel groups prunable. timm builds its layers its own way (``BatchNormAct2d``: a BatchNorm2d whose forward
 calls ``F.batch_norm`` and an activation; GhostNet's channel ranges; ReXNet's partial residual; MixNet's
-split kernels), so these check the general rules on code nobody wrote for fxprune.
+split kernels; DeiT's packed q, k, v through ``unbind`` and ``F.scaled_dot_product_attention``), so these
+check the general rules on code nobody wrote for fxprune.
 
 Random weights (``pretrained=False``: nothing is downloaded), BN statistics made non-trivial by
 ``randomize``, eval mode, ``l1`` at ratio 0.3 on a 1x3x64x64 input. ``strict=True`` where a model has
@@ -21,14 +22,15 @@ MODELS = {
     "resnet26d": 0.9, "efficientnet_b0": 0.9, "mobilenetv3_large_100": 0.9, "regnety_016": 0.9,
     "densenet121": 0.9, "ghostnet_100": 0.9, "rexnet_100": 0.9, "mixnet_s": 0.9, "cspdarknet53": 0.9,
     "dla34": 0.9, "hrnet_w18_small": 0.9, "repvgg_a0": 0.7, "res2net50_26w_4s": 0.9, "fastvit_t8": 0.8,
-    "convnext_atto": 0.6,
+    "convnext_atto": 0.6, "deit_tiny_patch16_224": 0.9,
 }
+BUILD = {"deit_tiny_patch16_224": {"img_size": 64}}  # a ViT's position table is sized for one input
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_timm_model_prunes_to_the_masked_original(name):
-    model = randomize(timm.create_model(name, pretrained=False, num_classes=10))
+    model = randomize(timm.create_model(name, pretrained=False, num_classes=10, **BUILD.get(name, {})))
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     analysis = fxprune.analyze(model, x)
     prunable = [g for g in analysis.groups if not g.frozen]
