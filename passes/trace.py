@@ -7,6 +7,7 @@ graph, and most calls never run it.
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 import os
@@ -37,6 +38,7 @@ class _LeafTracer(torch.fx.Tracer):
         self.leaf_names = list(leaf_names)
         self.leaf_types = leaf_types
         self._entered: list[tuple[str, nn.Module]] = []
+        self.traced_through: dict[int, _ModuleState] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
@@ -54,6 +56,8 @@ class _LeafTracer(torch.fx.Tracer):
             if self.is_leaf_module(m, path):
                 out = self.create_proxy("call_module", path, args, kwargs)
             else:
+                if id(m) not in self.traced_through:
+                    self.traced_through[id(m)] = _ModuleState(m)
                 out = forward(*args, **kwargs)
         except UntraceableModelError:
             raise
@@ -155,12 +159,16 @@ def trace(
     _refuse_wrappers(model)
     names, types = _split_leaves(leaf_modules)
     tracer = _LeafTracer(names, types)
+    tracer.traced_through[id(model)] = _ModuleState(model)  # the stand-in shares its attributes' objects
     try:
         graph = tracer.trace(_stand_in(model))
     except UntraceableModelError:
         raise
     except Exception as e:
         raise tracer._untraceable(e) from e
+    finally:
+        for state in tracer.traced_through.values():
+            state.restore()
     name = type(model).__name__
     gm = build_graph_module(tracer.root, graph, name, cls=_GraphModule)
     inputs = _as_tuple(example_inputs) if example_inputs is not None else default_example_inputs(model)
@@ -174,6 +182,44 @@ def trace(
             ) from e
         raise
     return gm, inputs
+
+
+#: The attributes every nn.Module has: parameters, buffers, children, hooks and flags (the tracer leaves them be).
+_MODULE_FIELDS = frozenset(vars(nn.Module()))
+_CONTAINERS = (dict, list, set)
+
+
+class _ModuleState:
+    """A module's attributes as they were before its ``forward`` ran under the tracer, to put back after.
+
+    A forward may write to its module: timm's LeViT caches its attention biases in a dict when not
+    training, which under the tracer stores a Proxy in the user's model (and the next trace then reads
+    a node of the old graph). Attributes set or replaced are put back, and the contents of its own
+    dicts, lists and sets (in place: other objects may hold them).
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.attrs = dict(module.__dict__)
+        self.contents = {k: copy.copy(v) for k, v in self.attrs.items()
+                         if isinstance(v, _CONTAINERS) and k not in _MODULE_FIELDS}
+
+    def restore(self) -> None:
+        now = self.module.__dict__
+        for key in [k for k in now if k not in self.attrs]:
+            del now[key]
+        for key, value in self.attrs.items():
+            if now.get(key) is not value:
+                now[key] = value
+        for key, saved in self.contents.items():
+            container = now[key]
+            if container == saved:
+                continue
+            if isinstance(container, list):
+                container[:] = saved
+            else:
+                container.clear()
+                container.update(saved)
 
 
 def _refuse_wrappers(model: nn.Module) -> None:

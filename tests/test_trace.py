@@ -110,3 +110,52 @@ def test_layer_subclasses_prune_to_the_masked_original(cls):
     built_only = cls is _BuiltConv
     assert ("conv1" in small.meta["fxprune.plan"].modules) is built_only
     assert isinstance(small.get_submodule("conv1"), cls) is built_only
+
+
+# ---- forwards that write to their module --------------------------------------------------------------
+class _CachingAttention(nn.Module):
+    """timm's LeViT: outside training, a table computed in forward is cached in a dict on the module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.biases = nn.Parameter(torch.randn(8, 4))
+        self.register_buffer("idxs", torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]))
+        self.cache = {}
+        self.calls = []
+
+    def table(self, device):
+        if self.training:
+            return self.biases[:, self.idxs]
+        if str(device) not in self.cache:
+            self.cache[str(device)] = self.biases[:, self.idxs]
+        return self.cache[str(device)]
+
+    def forward(self, x):
+        self.calls.append("forward")
+        self.last_input = x
+        return self.conv(x) + self.table(x.device).sum(1).view(1, -1, 1, 1)
+
+
+class _CachingNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.attn = _CachingAttention()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.attn(torch.relu(self.stem(x))), 1).flatten(1))
+
+
+def test_a_forward_that_writes_to_its_module_leaves_the_users_model_as_it_was():
+    import fxprune
+    from conftest import prune_and_check, randomize
+
+    model = randomize(_CachingNet())
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(2):  # the second trace must not read a Proxy the first one left in the cache
+        small = fxprune.prune(model, x, criterion="l1", ratio=0.5)
+        assert model.attn.cache == {} and model.attn.calls == [] and "last_input" not in vars(model.attn)
+    assert small.stem.out_channels == 4
+    prune_and_check(model, x, criterion="l1", ratio=0.5)
