@@ -402,18 +402,36 @@ def _broadcast_union(an, node, layouts: list[Layout]) -> np.ndarray | None:
 
 
 def _bind_constant(an, node, const: torch.fx.Node, out: Layout, out_shape) -> None:
-    """A tensor operand without channel tracking: slice it if it is a parameter, else freeze."""
+    """A tensor operand without channel tracking: slice it if it is a parameter (or a parameter vector
+    viewed with size-1 dims around it), else freeze."""
     cshape = an.shape(const)
     cnd = len(cshape)
     offset = len(out_shape) - cnd
+    vector = _vector_behind(an, const)
     for d in out.varying_dims():
         cd = d - offset
         if cd < 0 or cshape[cd] == 1:
             continue
         if const.op == "get_attr":
             an.record_attr_slice(const, cd, out.index.reshape(-1))
+        elif vector is not None and len(out.varying_dims()) == 1:
+            an.record_attr_slice(vector, 0, out.index.reshape(-1))
         else:
             an.freeze(out, node, f"operand {const.name} is a computed constant spanning the channels")
+
+
+def _vector_behind(an, const: torch.fx.Node) -> torch.fx.Node | None:
+    """The 1-D parameter ``const`` views with size-1 dims only: ``gamma.reshape(1, -1, 1, 1)`` (timm's layer
+    scale). The view's sizes are 1 and -1, so it fits the sliced vector as it is. None otherwise."""
+    while const.op == "call_method" and const.target in ("view", "reshape", "unsqueeze"):
+        sizes = list(const.args[1:])
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = list(sizes[0])
+        if const.target != "unsqueeze" and not (sizes.count(-1) == 1 and all(v in (1, -1) for v in sizes)):
+            return None
+        const = const.args[0]
+    shape = an.shape(const) if isinstance(const, torch.fx.Node) else None
+    return const if const.op == "get_attr" and shape is not None and len(shape) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------

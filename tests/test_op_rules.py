@@ -550,3 +550,33 @@ def test_packed_attention_with_unbind_and_sdpa():
     sdpa = next(n for n in small.graph.nodes if n.target is F.scaled_dot_product_attention)
     assert sdpa.kwargs["scale"] == pytest.approx(1 / math.sqrt(8))  # the original head dim's scale
     assert strict.fc1.out_features < 32  # strict: the MLP is pruned exactly
+
+
+# ---- a parameter vector viewed into a broadcast shape (timm's layer scale) ---------------------------
+class ViewedLayerScale(nn.Module):
+    def __init__(self, literal_count: bool = False):
+        super().__init__()
+        self.literal_count = literal_count
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.gamma = nn.Parameter(torch.rand(16) + 0.5)
+        self.beta = nn.Parameter(torch.randn(16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        scale = self.gamma.view(1, 16, 1, 1) if self.literal_count else self.gamma.reshape(1, -1, 1, 1)
+        y = y + self.conv2(y).mul(scale) + self.beta.unsqueeze(-1).unsqueeze(-1)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_a_parameter_vector_viewed_with_size_1_dims_is_sliced():
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(randomize(ViewedLayerScale()), x, criterion="l1", ratio=0.5)
+    assert small.gamma.shape == (8,) and small.beta.shape == (8,) and small.conv2.out_channels == 8
+
+
+def test_a_viewed_parameter_with_a_literal_channel_count_stays_frozen():
+    analysis = fxprune.analyze(randomize(ViewedLayerScale(literal_count=True)), torch.randn(2, 3, 8, 8))
+    frozen = [g for g in analysis.groups if g.frozen and ("conv2", "out") in g.members]
+    assert frozen and any("computed constant" in r.reason for r in frozen[0].reasons)
