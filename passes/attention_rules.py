@@ -113,10 +113,14 @@ def sdpa_rule(an, node):
             an.add_edit(node, functools.partial(_pin_scale, scale=scale))
     if lay_v is None:
         return None
-    index = lay_v.index
-    for d in lay_v.varying_dims()[:-1]:  # a head axis: the heads shrink alike, so none disappears
-        an.unify(np.broadcast_to(np.take(index, [0], axis=d), index.shape), index)
+    _shrink_alike(an, lay_v.index, lay_v.varying_dims()[:-1])  # the head axes: no head disappears
     return lay_v
+
+
+def _shrink_alike(an, index: np.ndarray, axes: list[int]) -> None:
+    """Unite the channels of every slice along ``axes`` with those of the first slice (the heads)."""
+    for axis in axes:
+        an.unify(np.broadcast_to(np.take(index, [0], axis=axis), index.shape), index)
 
 
 def _pin_scale(gm, node, analysis, keep, scale: float) -> None:
@@ -235,9 +239,7 @@ def _contract(an, node, ops: list[torch.fx.Node], subs: list[list[str]], out: li
                 continue
             # attn @ v: the scores span v's head axis, not its head dims. Keep every head: the
             # channels of each head slice are united with those of the first (heads shrink alike)
-            for c in spanned:
-                first = np.take(base, [0], axis=pos[c])
-                an.unify(np.broadcast_to(first, base.shape), base)
+            _shrink_alike(an, base, [pos[c] for c in spanned])
     out_shape = an.shape(node)
     if out_shape is None or len(out_shape) != len(out):
         return an.opaque(node, "contraction output this rule does not read")

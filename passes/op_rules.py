@@ -176,16 +176,21 @@ def batch_norm_function_rule(an, node):
     elems = _channel_elems(an, node, src, 1, "normalized channels are not a simple channel axis")
     if elems is None:
         return an.layout(src)
-    names = ("running_mean", "running_var", "weight", "bias")
-    for i, name in enumerate(names, start=1):
-        tensor = _arg(node, i, name)
+    _slice_per_channel_tensors(an, node, {"running_mean": 1, "running_var": 2, "weight": 3, "bias": 4}, elems)
+    return an.layout(src)
+
+
+def _slice_per_channel_tensors(an, node, positions: dict[str, int], elems: np.ndarray) -> None:
+    """A functional norm's per-channel tensors (argument name: position): sliced with the channels when
+    read through ``get_attr``; one computed in the graph cannot be sliced, so the channels freeze."""
+    for name, index in positions.items():
+        tensor = _arg(node, index, name)
         if not isinstance(tensor, torch.fx.Node):
             continue
         if tensor.op == "get_attr":
             an.record_attr_slice(tensor, 0, elems)
         else:
             an.freeze(elems, node, f"the norm's {name} is computed in the graph")
-    return an.layout(src)
 
 
 @REGISTRY.module(nn.GroupNorm)
@@ -225,12 +230,7 @@ def layer_norm_function_rule(an, node):
     elems = _layer_norm_channels(an, node, src, nd)
     if elems is None:
         return an.layout(src)
-    for param in (_arg(node, 2, "weight"), _arg(node, 3, "bias")):
-        if isinstance(param, torch.fx.Node):
-            if param.op == "get_attr":
-                an.record_attr_slice(param, 0, elems)
-            else:
-                an.freeze(elems, node, "LayerNorm affine parameter computed in the graph")
+    _slice_per_channel_tensors(an, node, {"weight": 2, "bias": 3}, elems)
     an.add_edit(node, _rewrite_normalized_shape)
     return an.layout(src)
 
