@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from passes.attention_rules import PrunedMultiheadAttention
+from passes.branches import GUARD
 from torch import nn
 
 from fxprune.report import as_example_args
@@ -106,9 +107,19 @@ def _quiet_deprecations() -> Iterator[None]:
 def _write_torchscript(model: nn.Module, args: tuple, tmp: Path, dynamic_batch: bool) -> None:
     """Trace (not script): a GraphModule's forward is straight-line tensor code. The traced module
     reads sizes from its input at run time, so any batch runs (``dynamic_batch`` has nothing to add)."""
+    if _has_guards(model):
+        logger.warning("%s branches on its input's shape: the TorchScript trace fixes those branches (and "
+                       "the sizes they compute) at the example's shape; use format='export' to keep them checked",
+                       type(model).__name__)
     with torch.no_grad(), _quiet_deprecations():
         traced = torch.jit.trace(model, args, check_trace=False)
         torch.jit.save(traced, str(tmp))
+
+
+def _has_guards(model: nn.Module) -> bool:
+    """Does the graph hold guards on branches taken while tracing (passes.branches)?"""
+    graph = getattr(model, "graph", None)
+    return graph is not None and any(n.op == "call_function" and n.target is GUARD for n in graph.nodes)
 
 
 def _write_exported_program(model: nn.Module, args: tuple, tmp: Path, dynamic_batch: bool) -> None:

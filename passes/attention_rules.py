@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layout import Layout
-from .op_rules import REGISTRY, _arg, _channel_elems
+from .op_rules import REGISTRY, _arg, _channel_elems, weight_owner
 
 __all__ = ["PrunedMultiheadAttention", "window_attention", "einsum_rule", "matmul_rule", "mha_rule"]
 
@@ -502,8 +502,8 @@ def window_attention_rule(an, node):
     bound.apply_defaults()
     args = bound.arguments
     x = args["input"]
-    qkv = _linear_owner(an, args["qkv_weight"], args["qkv_bias"])
-    proj = _linear_owner(an, args["proj_weight"], args["proj_bias"])
+    qkv = weight_owner(an, args["qkv_weight"], args["qkv_bias"], ndim=2)
+    proj = weight_owner(an, args["proj_weight"], args["proj_bias"], ndim=2)
     num_heads = an.value(args["num_heads"])
     if qkv is None or proj is None or not isinstance(num_heads, int):
         return an.opaque(node, "windowed attention whose weights are not a Linear module's parameters")
@@ -528,26 +528,6 @@ def window_attention_rule(an, node):
     elems = np.concatenate([in_elems, inner.reshape(-1), out.index.reshape(-1)])
     an.add_edit(node, functools.partial(_swap_window_attention, elems=elems, scale=float(scale)))
     return out
-
-
-def _linear_owner(an, weight, bias) -> tuple[str, tuple[int, int]] | None:
-    """(module name, (out_features, in_features)) of the linear layer whose ``weight`` (and
-    ``bias``) these get_attr nodes read. In the traced graph that module holds only the tensors
-    the graph reads (torch.fx copies attributes, not the nn.Linear), so it is judged by them."""
-    if not isinstance(weight, torch.fx.Node) or weight.op != "get_attr" or not weight.target.endswith(".weight"):
-        return None
-    name = weight.target[: -len(".weight")]
-    mod = an.modules.get(name)
-    w = getattr(mod, "weight", None)
-    if not isinstance(w, torch.Tensor) or w.dim() != 2:
-        return None
-    if bias is None:
-        return (name, tuple(w.shape)) if getattr(mod, "bias", None) is None else None
-    b = getattr(mod, "bias", None)
-    if (isinstance(bias, torch.fx.Node) and bias.op == "get_attr" and bias.target == f"{name}.bias"
-            and isinstance(b, torch.Tensor) and b.shape == w.shape[:1]):
-        return name, tuple(w.shape)
-    return None
 
 
 def _swap_window_attention(gm, node, analysis, keep, elems, scale) -> None:

@@ -19,6 +19,7 @@ Attention, einsum and matmul rules live in :mod:`passes.attention_rules`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any, Callable
@@ -29,6 +30,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .branches import GUARD, guard_reads
 from .layout import Layout
 from .shapes import SHAPE
 from .trace import computes_as
@@ -133,15 +135,84 @@ def conv_rule(an, node):
         if in_elems is None:
             an.freeze(out, node, "grouped conv whose input channels cannot be followed")
         else:
-            _unite_conv_groups(an, conv, in_elems, out_elems)
+            _unite_conv_groups(an, conv.groups, in_elems, out_elems)
     an.record_module(node, "conv", in_elems, out_elems)
     return out
 
 
-def _unite_conv_groups(an, conv, in_elems: np.ndarray, out_elems: np.ndarray) -> None:
-    g = conv.groups
+def _unite_conv_groups(an, g: int, in_elems: np.ndarray, out_elems: np.ndarray) -> None:
     units = np.concatenate([in_elems.reshape(g, -1), out_elems.reshape(g, -1)], axis=1)  # one row per group
     an.unify(np.broadcast_to(units[:, :1], units[:, 1:].shape), units[:, 1:])
+
+
+@REGISTRY.function(F.conv1d, F.conv2d, F.conv3d)
+def functional_conv_rule(an, node):
+    """``F.conv2d(x, self.weight, self.bias, ...)`` in a conv traced through (timm's ``Conv2dSame`` pads
+    first): the module holding the weight is pruned like a conv layer. A grouped one loses whole
+    groups: its weight's input dim (per group) stays, and the ``groups`` argument is rewritten."""
+    weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    shape = an.shape(node)
+    owner = weight_owner(an, weight, bias, ndim=len(shape)) if shape is not None else None
+    if owner is None:
+        return an.opaque(node, "convolution whose weight is not a layer's parameter")
+    name, (n_out, _) = owner
+    groups = an.value(_arg(node, 6, "groups", 1))
+    in_elems = _channel_elems(an, node, node.args[0], 1, "conv input channels are not a simple channel axis")
+    out = an.fresh(n_out, 1, len(shape))
+    out_elems = out.index.reshape(-1)
+    if groups == 1:
+        an.record_module(node, "conv", in_elems, out_elems, name=name)
+        return out
+    if in_elems is None:
+        an.freeze(out, node, "grouped conv whose input channels cannot be followed")
+    else:
+        _unite_conv_groups(an, groups, in_elems, out_elems)
+    an.record_module(node, "conv", None, out_elems, name=name)
+    an.add_edit(node, functools.partial(_rewrite_groups, out_elems=out_elems, per_group=n_out // groups))
+    return out
+
+
+@REGISTRY.function(F.linear)
+def functional_linear_rule(an, node):
+    """``F.linear(x, self.weight, self.bias)`` in a linear layer traced through (a subclass with its own
+    forward): the module holding the weight is pruned like a linear layer."""
+    shape = an.shape(node)
+    owner = weight_owner(an, _arg(node, 1, "weight"), _arg(node, 2, "bias"), ndim=2) if shape else None
+    if owner is None:
+        return an.opaque(node, "linear map whose weight is not a layer's parameter")
+    name, (n_out, _) = owner
+    in_elems = _channel_elems(an, node, node.args[0], -1, "linear input features are not a simple axis")
+    out = an.fresh(n_out, len(shape) - 1, len(shape))
+    an.record_module(node, "linear", in_elems, out.index.reshape(-1), name=name)
+    return out
+
+
+def _rewrite_groups(gm, node, analysis, keep, out_elems, per_group) -> None:
+    groups = int(keep[out_elems].sum()) // per_group
+    if len(node.args) > 6:
+        node.args = (*node.args[:6], groups, *node.args[7:])
+    else:
+        node.kwargs = {**node.kwargs, "groups": groups}
+
+
+def weight_owner(an, weight, bias, ndim: int) -> tuple[str, tuple[int, int]] | None:
+    """(module name, (out, in) sizes) of the layer whose ``weight`` (and ``bias``) these get_attr nodes
+    read, for an ``ndim``-dim weight. In the traced graph that module holds only the tensors the graph
+    reads (torch.fx copies attributes, not the layer), so it is judged by them."""
+    if not isinstance(weight, torch.fx.Node) or weight.op != "get_attr" or not weight.target.endswith(".weight"):
+        return None
+    name = weight.target[: -len(".weight")]
+    mod = an.modules.get(name)
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != ndim:
+        return None
+    if bias is None:
+        return (name, tuple(w.shape[:2])) if getattr(mod, "bias", None) is None else None
+    b = getattr(mod, "bias", None)
+    if (isinstance(bias, torch.fx.Node) and bias.op == "get_attr" and bias.target == f"{name}.bias"
+            and isinstance(b, torch.Tensor) and b.shape == w.shape[:1]):
+        return name, tuple(w.shape[:2])
+    return None
 
 
 @REGISTRY.module(nn.Linear)
@@ -765,6 +836,20 @@ def softmax_rule(an, node):
 @REGISTRY.function(getattr, len)
 def metadata_rule(an, node):
     """Reading a size is not a use of the channels (the rewritten graph reads the new size)."""
+    return None
+
+
+@REGISTRY.function(GUARD)
+def guard_rule(an, node):
+    """A guard on a branch the trace took (passes.branches): the channel counts it reads must stay."""
+    for src, dims in guard_reads(node):
+        lay = an.layout(src)
+        if lay is None:
+            continue
+        channel_dims = set(lay.varying_dims()) if isinstance(lay, Layout) else None
+        if dims is None or channel_dims is None and dims or \
+                channel_dims is not None and any(d % lay.ndim in channel_dims for d in dims):
+            an.freeze(lay, node, "a branch taken while tracing depends on this channel count")
     return None
 
 

@@ -88,8 +88,8 @@ def _shrink_module(mod: nn.Module, name: str, io: dict) -> None:
         _shrink_linear(mod, keep_in, keep_out)
     elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
         _shrink_norm(mod, keep_out)
-    elif type(mod) is nn.Module and getattr(mod, "weight", None) is not None and mod.weight.dim() == 2:
-        _shrink_linear(mod, keep_in, keep_out)  # a linear layer the graph reads through get_attr only
+    elif type(mod) is nn.Module and getattr(mod, "weight", None) is not None and mod.weight.dim() >= 2:
+        _shrink_linear(mod, keep_in, keep_out)  # a linear or conv layer the graph reads through get_attr only
     else:
         raise PlanError(f"cannot shrink module '{name}' of type {type(mod).__name__}")
 
@@ -135,7 +135,7 @@ def _take_rows_cols(w: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray |
 def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
     """Install a new tensor; one that was not sliced is cloned so nothing is shared with the original."""
     store = mod._parameters if attr in mod._parameters else mod._buffers if attr in mod._buffers else None
-    old = store[attr] if store is not None else getattr(mod, attr)
+    old = store[attr] if store is not None else getattr(mod, attr, None)
     if old is None or value is None:
         return
     value = value.detach()

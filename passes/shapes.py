@@ -27,7 +27,7 @@ from .errors import UntraceableModelError
 from .graph_module import modules_of
 from .modes import eval_mode
 
-__all__ = ["propagate_shapes", "SHAPE", "VALUE"]
+__all__ = ["propagate_shapes", "ShapeRunner", "SHAPE", "VALUE"]
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +148,17 @@ def _cat_shape(args: tuple, kwargs: dict) -> torch.Tensor | None:
 
 
 # ---- the interpreter ----------------------------------------------------------------------------
-class _ShapeRunner:
+class ShapeRunner:
     """Runs the graph once and writes every node's shape (tensors) or value (everything else).
 
     A plain loop rather than ``torch.fx.Interpreter``: that one's per-node bookkeeping (tracebacks,
     current-node context) costs more than the meta ops themselves.
     """
 
-    def __init__(self, gm: torch.fx.GraphModule, on_meta: bool):
+    def __init__(self, gm: nn.Module, on_meta: bool, modules: dict[str, nn.Module] | None = None):
         self.gm = gm
         self.on_meta = on_meta
-        self.modules = modules_of(gm)
+        self.modules = modules_of(gm) if modules is None else modules
 
     def run(self, *inputs: Any) -> None:
         env: dict[torch.fx.Node, Any] = {}
@@ -169,7 +169,7 @@ class _ShapeRunner:
             if node.op == "output":
                 return
             try:
-                value = self._placeholder(node, pending) if node.op == "placeholder" else self._execute(node, env)
+                value = self.placeholder(node, pending) if node.op == "placeholder" else self.execute(node, env)
             except UntraceableModelError:
                 raise
             except Exception as e:
@@ -183,7 +183,7 @@ class _ShapeRunner:
                     del env[inp]
 
     @staticmethod
-    def _placeholder(node: torch.fx.Node, pending: list) -> Any:
+    def placeholder(node: torch.fx.Node, pending: list) -> Any:
         if node.target.startswith("*"):
             rest, pending[:] = list(pending), []
             return rest
@@ -193,7 +193,7 @@ class _ShapeRunner:
             return node.args[0]  # the forward's default value
         raise UntraceableModelError(f"the model's input '{node.target}' was not given: pass it in example_inputs")
 
-    def _execute(self, node: torch.fx.Node, env: dict) -> Any:
+    def execute(self, node: torch.fx.Node, env: dict) -> Any:
         args = map_arg(node.args, env.__getitem__)
         kwargs = map_arg(node.kwargs, env.__getitem__)
         if node.op == "call_module":
@@ -293,7 +293,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -
 def _run_on_meta(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
     meta_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     with torch.no_grad():
-        _ShapeRunner(gm, on_meta=True).run(*meta_inputs)
+        ShapeRunner(gm, on_meta=True).run(*meta_inputs)
 
 
 def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
@@ -302,9 +302,9 @@ def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> No
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
     with eval_mode(gm), mode, torch.no_grad():
-        _ShapeRunner(gm, on_meta=False).run(*fake_inputs)
+        ShapeRunner(gm, on_meta=False).run(*fake_inputs)
 
 
 def _run_for_real(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:
     with eval_mode(gm), torch.no_grad():
-        _ShapeRunner(gm, on_meta=False).run(*inputs)
+        ShapeRunner(gm, on_meta=False).run(*inputs)

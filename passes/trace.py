@@ -18,6 +18,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .branches import BranchDecider
 from .errors import UntraceableModelError
 from .graph_module import build_graph_module
 from .shapes import propagate_shapes
@@ -39,6 +40,21 @@ class _LeafTracer(torch.fx.Tracer):
         self.leaf_types = leaf_types
         self._entered: list[tuple[str, nn.Module]] = []
         self.traced_through: dict[int, _ModuleState] = {}
+        self.example_inputs: tuple = ()
+        self._branches: BranchDecider | None = None
+
+    def to_bool(self, obj: torch.fx.Proxy) -> bool:
+        """A branch on a shape: the example input decides it, and a guard records the choice (passes.branches)."""
+        return self._branch_decider().decide(obj)
+
+    def iter(self, obj: torch.fx.Proxy):
+        """A loop over sizes (``for s in x.shape[-2:]``): as many items as the example has."""
+        return self._branch_decider().items(obj)
+
+    def _branch_decider(self) -> BranchDecider:
+        if self._branches is None:
+            self._branches = BranchDecider(self, self.example_inputs)
+        return self._branches
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
@@ -157,8 +173,10 @@ def trace(
     inputs as a tuple (the default one is made here when none was given).
     """
     _refuse_wrappers(model)
+    inputs = _as_tuple(example_inputs) if example_inputs is not None else default_example_inputs(model)
     names, types = _split_leaves(leaf_modules)
     tracer = _LeafTracer(names, types)
+    tracer.example_inputs = inputs
     tracer.traced_through[id(model)] = _ModuleState(model)  # the stand-in shares its attributes' objects
     try:
         graph = tracer.trace(_stand_in(model))
@@ -171,7 +189,6 @@ def trace(
             state.restore()
     name = type(model).__name__
     gm = build_graph_module(tracer.root, graph, name, cls=_GraphModule)
-    inputs = _as_tuple(example_inputs) if example_inputs is not None else default_example_inputs(model)
     try:
         propagate_shapes(gm, inputs)
     except UntraceableModelError as e:

@@ -1,0 +1,179 @@
+"""Branches on shapes: decided while tracing from the example input, and guarded in the graph.
+
+torch.fx cannot follow ``if h % 2: x = F.pad(x, ...)`` or ``max(pad, 0)`` when ``h`` comes from
+``x.shape``: the condition is a graph node, not a value. The example input gives it a value. When a
+condition is turned into a bool, the graph built so far runs on meta tensors of the example inputs
+(shapes only, no data, incrementally: each node once), the branch the example takes is traced, and a
+guard ``torch._assert`` goes into the graph, so an input that would take the other branch stops with
+an error naming the source line instead of silently running the wrong one (as ``torch.export`` guards
+its specializations). A condition on tensor *values* has no meta value: it stays untraceable.
+
+The dependency rule :func:`guard_channels` freezes the channels whose count a guard reads: pruning
+them would flip the guard.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import traceback
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.fx
+from torch.fx.proxy import TraceError
+
+try:  # torch.fx's patches (nn.Module.__call__ -> the tracer) lifted while the example runs
+    from torch.fx._symbolic_trace import _maybe_revert_all_patches as _untraced
+except ImportError:  # pragma: no cover
+    from contextlib import nullcontext as _untraced
+
+from .shapes import ShapeRunner
+
+__all__ = ["BranchDecider", "GUARD", "guard_reads"]
+
+#: The function a guard node calls.
+GUARD = torch._assert
+
+_PASSES_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class BranchDecider:
+    """Evaluates conditions of the graph being traced on the example inputs and guards the choice."""
+
+    def __init__(self, tracer: torch.fx.Tracer, inputs: Sequence[Any]):
+        self.tracer = tracer
+        root = tracer.root
+        self.runner = ShapeRunner(root, on_meta=True, modules=dict(root.named_modules()))
+        self.pending = [torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x for x in inputs]
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.last: torch.fx.Node | None = None
+
+    def decide(self, cond: torch.fx.Proxy) -> bool:
+        """The branch the example input takes at ``bool(cond)``; a guard on it joins the graph."""
+        value = self._value(cond.node)
+        if isinstance(value, torch.Tensor) or not isinstance(value, (bool, int, float)):
+            raise TraceError("symbolically traced variables cannot be used as inputs to control flow "
+                             "(the condition depends on tensor values, not only on shapes)")
+        if self._reads_device(cond.node):
+            raise TraceError("symbolically traced variables cannot be used as inputs to control flow "
+                             "(the condition depends on a tensor's device, which tracing on shapes cannot see)")
+        taken = bool(value)
+        self._guard(cond, value, taken)
+        return taken
+
+    def items(self, seq: torch.fx.Proxy) -> Iterator[torch.fx.Proxy]:
+        """``for s in x.shape[-2:]``: a sequence of sizes is iterated item by item (its length is the
+        tensor's rank, which the graph's indexing fixes anyway)."""
+        value = self._value(seq.node)
+        if not isinstance(value, (tuple, list)) or any(isinstance(v, torch.Tensor) for v in value):
+            raise TraceError("Proxy object cannot be iterated: only sequences of sizes are (here, a "
+                             f"{type(value).__name__} on the example input)")
+        return iter([seq[i] for i in range(len(value))])
+
+    def _value(self, node: torch.fx.Node) -> Any:
+        """Run the graph's nodes not run yet, up to ``node``, on meta tensors."""
+        if node not in self.env:
+            n = self.last.next if self.last is not None else next(iter(self.tracer.graph.nodes))
+            while True:
+                if n not in self.env:
+                    self.env[n] = self._run(n)
+                self.last = n
+                if n is node:
+                    break
+                n = n.next
+        return self.env[node]
+
+    def _reads_device(self, cond: torch.fx.Node) -> bool:
+        """Does the condition read a tensor's device (through the non-tensor nodes it is computed from)?"""
+        todo, seen = [cond], set()
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_function" and n.target is getattr and n.args[1] == "device":
+                return True
+            todo.extend(a for a in n.all_input_nodes if not isinstance(self.env.get(a), torch.Tensor))
+        return False
+
+    def _run(self, node: torch.fx.Node) -> Any:
+        try:
+            with torch.no_grad(), _untraced():
+                if node.op == "placeholder":
+                    return self.runner.placeholder(node, self.pending)
+                return self.runner.execute(node, self.env)
+        except Exception as e:
+            raise TraceError(f"symbolically traced variables cannot be used as inputs to control flow (the "
+                             f"condition could not be evaluated on the example input's shapes at "
+                             f"{node.format_node()}: {type(e).__name__}: {e})") from e
+
+    def _guard(self, cond: torch.fx.Proxy, value: Any, taken: bool) -> None:
+        create = self.tracer.create_proxy
+        if taken and isinstance(value, bool):
+            check = cond
+        else:  # == 0 / != 0 rather than `not`: a re-trace of the code and torch.jit.trace both keep it a value
+            check = create("call_function", operator.ne if taken else operator.eq, (cond, 0), {})
+        where = _caller_line()
+        message = (f"this input's shape takes another branch{where} than the example input the model was "
+                   f"pruned with; the pruned graph holds that one branch only: prune with an example input "
+                   f"shaped like this one")
+        create("call_function", GUARD, (check, message), {})
+
+
+def _caller_line() -> str:
+    """The innermost frame of the model's own code: the line that branched."""
+    stack = traceback.extract_stack()
+    for f in reversed(stack):
+        if not f.filename.startswith((_TORCH_DIR, _PASSES_DIR)):
+            return f" at {f.filename}:{f.lineno} (`{(f.line or '').strip()}`)"
+    return ""
+
+
+# ---- what a guard reads -------------------------------------------------------------------------
+def guard_reads(guard: torch.fx.Node) -> list[tuple[torch.fx.Node, set[int] | None]]:
+    """The tensors whose sizes a guard's condition is computed from, with the dims it reads
+    (None: every dim, or a use not understood here)."""
+    ancestry: set[torch.fx.Node] = set()
+    todo = [a for a in guard.all_input_nodes]
+    readers = []
+    while todo:
+        node = todo.pop()
+        if node in ancestry:
+            continue
+        ancestry.add(node)
+        for a in node.all_input_nodes:
+            if _is_tensor(a):
+                readers.append((node, a))
+            else:
+                todo.append(a)
+    return [(tensor, _dims_read(reader, tensor, ancestry)) for reader, tensor in readers]
+
+
+def _is_tensor(node: torch.fx.Node) -> bool:
+    return node.meta.get("fxprune.shape") is not None
+
+
+def _dims_read(reader: torch.fx.Node, tensor: torch.fx.Node, ancestry: set[torch.fx.Node]) -> set[int] | None:
+    """The dims of ``tensor`` whose size ``reader`` passes on to the condition (none for dtype/device/ndim)."""
+    op, target, args = reader.op, reader.target, reader.args
+    if op == "call_method" and target == "dim" or \
+            op == "call_function" and target is getattr and args[1] in ("dtype", "device", "ndim", "is_cuda"):
+        return set()
+    ndim = len(tensor.meta["fxprune.shape"]) if isinstance(tensor.meta["fxprune.shape"], torch.Size) else None
+    if op == "call_method" and target == "size" and len(args) == 2 and isinstance(args[1], int):
+        return {args[1]}
+    whole_shape = op == "call_method" and target == "size" and len(args) == 1 or \
+        op == "call_function" and target is getattr and args[1] == "shape"
+    if not whole_shape or ndim is None:
+        return None
+    dims: set[int] = set()
+    for user in reader.users:
+        if user not in ancestry:
+            continue
+        if user.op != "call_function" or user.target is not operator.getitem or user.args[0] is not reader \
+                or not isinstance(user.args[1], (int, slice)):
+            return None  # the whole shape itself feeds the condition
+        index = user.args[1]
+        dims.update([index % ndim] if isinstance(index, int) else range(ndim)[index])
+    return dims
