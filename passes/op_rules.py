@@ -266,15 +266,58 @@ def _slice_per_channel_tensors(an, node, positions: dict[str, int], elems: np.nd
 
 @REGISTRY.module(nn.GroupNorm)
 def groupnorm_rule(an, node):
+    """One group per channel: per channel, as batch norm. One group for all channels (PoolFormer's,
+    MobileViT-v2's): statistics over the channels, so they are pruned as a LayerNorm's are (``mixing``).
+    Several channels per group: frozen (the groups would have to shrink alike)."""
     gn = an.module(node)
     if gn.num_groups == gn.num_channels:
         return batchnorm_rule(an, node)
-    an.freeze(an.layout(node.args[0]), node, "GroupNorm mixes the channels of a group")
-    if gn.affine:
-        elems = _channel_elems(an, node, node.args[0], 1, "GroupNorm input")
-        if elems is not None:
-            an.record_module(node, "norm", None, elems)
+    elems = _group_norm_channels(an, node, gn.num_groups, gn.num_channels)
+    if elems is not None and gn.affine:
+        an.record_module(node, "norm", None, elems)
     return an.layout(node.args[0])
+
+
+@REGISTRY.function(F.group_norm)
+def group_norm_function_rule(an, node):
+    """``F.group_norm(x, num_groups, weight, bias)`` (a GroupNorm subclass with its own forward, timm's
+    GroupNorm1): as :func:`groupnorm_rule`, weight and bias sliced as parameters."""
+    src = node.args[0]
+    shape = an.shape(src)
+    groups = an.value(_arg(node, 1, "num_groups"))
+    if shape is None or len(shape) < 2 or not isinstance(groups, int):
+        return an.opaque(node, "group norm with unknown groups")
+    if groups == shape[1]:
+        elems = _channel_elems(an, node, src, 1, "normalized channels are not a simple channel axis")
+        if elems is not None:
+            an.add_edit(node, functools.partial(_rewrite_group_count, elems=elems))
+    else:
+        elems = _group_norm_channels(an, node, groups, shape[1])
+    if elems is not None:
+        _slice_per_channel_tensors(an, node, {"weight": 2, "bias": 3}, elems)
+    return an.layout(src)
+
+
+def _rewrite_group_count(gm, node, analysis, keep, elems) -> None:
+    """A group per channel: as many groups as channels are kept."""
+    groups = int(keep[elems].sum())
+    if len(node.args) > 1:
+        node.args = (node.args[0], groups, *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "num_groups": groups}
+
+
+def _group_norm_channels(an, node, groups: int, channels: int) -> np.ndarray | None:
+    """The channels of a group norm that is not per channel: mixing for one group, else frozen."""
+    src = node.args[0]
+    if groups != 1:
+        an.freeze(an.layout(src), node, "GroupNorm mixes the channels of a group")
+        return None
+    elems = _channel_elems(an, node, src, 1, "normalized channels are not a simple channel axis")
+    if elems is not None:
+        an.mix(elems, node, "GroupNorm with one group normalizes over these channels (its statistics change "
+                            "when some are removed)")
+    return elems
 
 
 @REGISTRY.module(nn.LayerNorm)
@@ -411,7 +454,7 @@ def _spatial_layout(an, node, lay: Layout) -> Layout:
 # ---------------------------------------------------------------------------------------------
 @REGISTRY.function(operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
                    operator.isub, operator.imul, torch.add, torch.sub, torch.mul, torch.div,
-                   torch.maximum, torch.minimum, torch.where)
+                   torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.addcdiv)
 @REGISTRY.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__")
 def binary_rule(an, node):
     """Operands broadcast against each other; channels at the same output position are united.
@@ -819,16 +862,18 @@ def reduce_rule(an, node):
     return Layout(np.squeeze(index, axis=tuple(dims)) if dims else index)
 
 
-@REGISTRY.function(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
+@REGISTRY.function(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize)
 @REGISTRY.method("softmax", "log_softmax")
 def softmax_rule(an, node):
+    """Softmax or L2 normalization along ``dim``: channels pass through unless ``dim`` is a channel axis
+    (each output channel would then depend on all of them)."""
     src = _first_tensor(an, node)
     lay, shape = an.layout(src), an.shape(src)
     if lay is None:
         return None
-    dim = an.value(_arg(node, 1, "dim", None))
+    dim = an.value(_arg(node, 2, "dim", 1) if node.target is F.normalize else _arg(node, 1, "dim", None))
     if dim is None or _norm_dim(dim, len(shape)) in lay.varying_dims():
-        return an.opaque(node, "softmax over channels")
+        return an.opaque(node, "softmax or normalization over channels")
     return lay
 
 

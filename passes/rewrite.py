@@ -204,8 +204,8 @@ def _shrink_norm(mod: nn.Module, keep) -> None:
     if isinstance(mod, nn.LayerNorm):
         mod.normalized_shape = (len(keep),)
     elif isinstance(mod, nn.GroupNorm):
+        mod.num_groups = len(keep) if mod.num_groups == mod.num_channels else mod.num_groups  # else one group
         mod.num_channels = len(keep)
-        mod.num_groups = len(keep)
     else:
         mod.num_features = len(keep)
 

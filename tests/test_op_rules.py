@@ -580,3 +580,87 @@ def test_a_viewed_parameter_with_a_literal_channel_count_stays_frozen():
     analysis = fxprune.analyze(randomize(ViewedLayerScale(literal_count=True)), torch.randn(2, 3, 8, 8))
     frozen = [g for g in analysis.groups if g.frozen and ("conv2", "out") in g.members]
     assert frozen and any("computed constant" in r.reason for r in frozen[0].reasons)
+
+
+# ---- group norms, L2 normalization, addcmul -------------------------------------------------------
+class GroupNorm1(nn.GroupNorm):
+    """One group over all channels, called functionally (timm's GroupNorm1, in PoolFormer and MobileViT-v2)."""
+
+    def __init__(self, channels):
+        super().__init__(1, channels)
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.conv1, self.norm, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), norm(16), nn.Conv2d(16, 8, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.norm(self.conv1(x)))
+        return self.fc(F.adaptive_avg_pool2d(self.conv2(y), 1).flatten(1))
+
+
+@pytest.mark.parametrize("norm", [GroupNorm1, lambda c: nn.GroupNorm(1, c)], ids=["functional", "module"])
+def test_a_group_norm_with_one_group_is_pruned_as_mixing(norm):
+    small, _ = _mixing_check(randomize(GroupNormNet(norm)), torch.randn(2, 3, 8, 8))
+    assert small.norm.weight.shape == (8,) and small.conv1.out_channels == 8
+    if isinstance(small.norm, nn.GroupNorm):
+        assert (small.norm.num_groups, small.norm.num_channels) == (1, 8)
+
+
+class PerChannelGroupNorm(nn.GroupNorm):
+    def __init__(self, channels):
+        super().__init__(channels, channels)
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def test_a_functional_group_norm_per_channel_prunes_exactly():
+    small, _ = prune_and_check(randomize(GroupNormNet(PerChannelGroupNorm)), torch.randn(2, 3, 8, 8),
+                               criterion="l1", ratio=0.5)
+    assert small.norm.weight.shape == (8,)
+
+
+class Normalized(nn.Module):
+    """L2 normalization over the spatial positions (XCiT's q, k) or over the channels."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3)
+
+    def forward(self, x):
+        y = self.conv1(x).flatten(2)
+        y = F.normalize(y, dim=self.dim).reshape(x.shape[0], 16, x.shape[2], x.shape[3])
+        return self.conv2(y)
+
+
+def test_normalize_passes_channels_unless_it_normalizes_over_them():
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(randomize(Normalized(dim=-1)), x, criterion="l1", ratio=0.5)
+    assert small.conv1.out_channels == 8
+    analysis = fxprune.analyze(randomize(Normalized(dim=1)), x)
+    group = next(g for g in analysis.groups if ("conv1", "out") in g.members)
+    assert group.frozen and any("normalization over channels" in r.reason for r in group.reasons)
+
+
+class Affine(nn.Module):
+    """ResMLP's per-channel affine: torch.addcmul(beta, alpha, x) on channels-last tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 4)
+        self.alpha, self.beta = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return self.fc2(torch.addcmul(self.beta, self.alpha, torch.relu(self.fc1(x))))
+
+
+def test_addcmul_slices_its_parameter_operands():
+    small, _ = prune_and_check(randomize(Affine()), torch.randn(2, 5, 6), criterion="l1", ratio=0.5)
+    assert small.alpha.shape == small.beta.shape == (8,) and small.fc1.out_features == 8
