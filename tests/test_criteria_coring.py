@@ -127,7 +127,7 @@ def test_no_informative_mode_falls_back_to_index_order():
 # ---- distances ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("distance", DISTANCES)
-@pytest.mark.parametrize("shape", [(24, 6, 3, 3), (24, 5, 1, 1), (24, 4, 5, 3)])
+@pytest.mark.parametrize("shape", [(24, 6, 3, 3), (24, 5, 1, 1), (24, 4, 5, 3), (24, 300, 1, 1)])
 def test_vectorized_distance_equals_double_loop(distance, shape):
     w = np.random.default_rng(6).standard_normal(shape)
     w[2] = 0.0  # zero filter: 0/0 terms
