@@ -134,6 +134,14 @@ def test_labels_shape_range_and_consistency():
     assert k5 == 5 and fixed.max() < 5
 
 
+def test_images_spread_over_processes_give_the_same_labels():
+    maps, _ = _maps(seed=4, images=3)
+    one, k1 = fmc.fmc_labels(maps, seed=5, max_k=8, jobs=1)
+    two, k2 = fmc.fmc_labels(maps, seed=5, max_k=8, jobs=2)
+    assert k1 == k2
+    np.testing.assert_array_equal(one, two)
+
+
 def test_deterministic_under_seed_and_torch_input():
     maps, _ = _maps(seed=2, images=3, unique=8, groups=4)
     a = fmc.fmc_scores(maps, seed=7, k=6)

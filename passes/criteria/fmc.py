@@ -11,7 +11,9 @@ Decisions the seed code leaves open, fixed here (all deterministic under ``seed`
   restarts costs 3x more for no visible gain on 2-D t-SNE points. t-SNE uses the spec's settings
   (2-D, ``perplexity=1``, learning_rate "auto", random init), perplexity clipped below N.
 * **Threads.** sklearn runs single-threaded here: the problems are tiny, and OpenMP threads on a
-  busy machine made the K search several times slower.
+  busy machine made the K search several times slower. Instead, the images of a wide layer are spread
+  over processes (joblib; a 512-channel image takes ~20 s); each image has its own seeds, so the
+  result does not depend on how many.
 * **Dead channels.** No special case: all-zero maps normalise to identical zero vectors, cluster
   together consistently and so get a high RI (pruned first), which is what one wants.
 * **One embedding per image.** The seed runs t-SNE twice (step 0 to choose K, step 1 to cluster);
@@ -33,6 +35,7 @@ same RI, so FP-FMC prunes redundant *groups* first but does not keep one represe
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -124,10 +127,12 @@ def _best_k(points: np.ndarray, max_k: int | None, random_state: int, cache: dic
 
 
 def fmc_labels(feature_maps, seed: int = 0, k: int | None = None, max_k: int | None = None,
-               perplexity: float = 1.0) -> tuple[np.ndarray, int]:
+               perplexity: float = 1.0, jobs: int | None = None) -> tuple[np.ndarray, int]:
     """Cluster labels (T x N, -1 = IQR outlier) and the layer's K (spec §5.2-§5.4).
 
-    ``feature_maps``: T x N x (spatial...) post-activation maps. ``k`` skips the K search.
+    ``feature_maps``: T x N x (spatial...) post-activation maps. ``k`` skips the K search. ``jobs``:
+    processes the images are spread over (default: every core for layers of 64+ channels); the labels
+    do not depend on it.
     """
     maps = _as_float64(feature_maps)
     if maps.ndim < 2:
@@ -139,24 +144,49 @@ def fmc_labels(feature_maps, seed: int = 0, k: int | None = None, max_k: int | N
     if n < 2:
         labels[:] = 0
         return labels, 1
+    images = _map_images(_image_clusters, [(maps[b], seed, b, perplexity, max_k, k is None) for b in range(t)],
+                         _jobs(jobs, t, n))
+    if k is None:
+        k = int(np.argmax(np.bincount([best for *_, best in images])))  # mode over images, smallest K on ties
+    with threadpool_limits(limits=1):
+        for b, (inliers, points, cache, _) in enumerate(images):
+            kb = min(k, len(points))
+            found = cache.get(kb)
+            labels[b, inliers] = found if found is not None else _kmeans(
+                points, kb, _random_state(seed, b, "kmeans"))
+    return labels, k
+
+
+def _image_clusters(maps: np.ndarray, seed: int, b: int, perplexity: float, max_k: int | None, search: bool):
+    """Image ``b`` alone: its t-SNE embedding, IQR inliers, and with ``search`` the KMeans labels of every
+    candidate K and the best K (per-image seeds: the same result in any process, in any order)."""
     # Tiny problems: OpenMP threads only add contention (and run-to-run float differences).
     with threadpool_limits(limits=1):
-        inliers, points, caches = [], [], []
-        for b in range(t):
-            y = _embed(normalize_maps(maps[b]), perplexity, _random_state(seed, b, "tsne"))
-            inliers.append(iqr_inliers(y))
-            points.append(y[inliers[-1]])
-            caches.append({})
-        if k is None:
-            best = [_best_k(p, max_k, _random_state(seed, b, "kmeans"), caches[b])
-                    for b, p in enumerate(points)]
-            k = int(np.argmax(np.bincount(best)))  # mode over images, smallest K on ties
-        for b in range(t):
-            kb = min(k, len(points[b]))
-            found = caches[b].get(kb)
-            labels[b, inliers[b]] = found if found is not None else _kmeans(
-                points[b], kb, _random_state(seed, b, "kmeans"))
-    return labels, k
+        y = _embed(normalize_maps(maps), perplexity, _random_state(seed, b, "tsne"))
+        inliers = iqr_inliers(y)
+        points, cache = y[inliers], {}
+        best = _best_k(points, max_k, _random_state(seed, b, "kmeans"), cache) if search else None
+    return inliers, points, cache, best
+
+
+#: Layers at least this wide spread their images over processes: below it, starting workers costs more
+#: than the K search they share (a 512-channel image takes ~20 s, a 32-channel one well under a second).
+_PARALLEL_MIN_CHANNELS = 64
+
+
+def _jobs(jobs: int | None, images: int, channels: int) -> int:
+    """Worker processes for one layer: ``jobs`` if given, else every core for wide layers, one for narrow."""
+    if jobs is None:
+        jobs = (os.cpu_count() or 1) if channels >= _PARALLEL_MIN_CHANNELS else 1
+    return max(1, min(int(jobs), images))
+
+
+def _map_images(fn, arguments: list[tuple], jobs: int) -> list:
+    if jobs == 1:
+        return [fn(*a) for a in arguments]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=jobs)(delayed(fn)(*a) for a in arguments)
 
 
 def redundancy_index(labels, legacy_first_label: bool = False) -> np.ndarray:
@@ -199,9 +229,9 @@ def redundancy_index(labels, legacy_first_label: bool = False) -> np.ndarray:
 
 
 def fmc_scores(feature_maps, seed: int = 0, k: int | None = None, max_k: int | None = None,
-               perplexity: float = 1.0) -> np.ndarray:
+               perplexity: float = 1.0, jobs: int | None = None) -> np.ndarray:
     """FP-FMC importance of the N channels: -RI (higher = less redundant = keep first)."""
-    labels, _ = fmc_labels(feature_maps, seed=seed, k=k, max_k=max_k, perplexity=perplexity)
+    labels, _ = fmc_labels(feature_maps, seed=seed, k=k, max_k=max_k, perplexity=perplexity, jobs=jobs)
     return 0.0 - redundancy_index(labels)  # 0.0 - x: no -0.0 in the output
 
 
@@ -234,7 +264,7 @@ class FMC(Criterion):
     ``calibration_samples`` images (default 32: t-SNE and the K search run per image and layer).
     Feature maps: ReLU(producer output) in eval mode, see :func:`_relu_maps`. Options ``seed`` (0),
     ``k`` (fixed K, skips the search), ``max_k`` (caps the K search; the seed has none, it is slow on
-    wide layers), ``perplexity`` (1.0). A coupled group takes each class's score from its first
+    wide layers), ``perplexity`` (1.0), ``jobs`` (processes per layer, see :func:`fmc_labels`). A coupled group takes each class's score from its first
     producer in leader order (base.leader_first), e.g. a ResNet stage from its projection conv.
     """
 
@@ -256,10 +286,10 @@ class FMC(Criterion):
         if maps.shape[0] < 2:
             raise PlanError(f"criterion 'fmc' needs at least 2 calibration images, data= gave {maps.shape[0]}")
         opts = ctx.options
-        k, max_k = opts.get("k"), opts.get("max_k")
+        k, max_k, jobs = opts.get("k"), opts.get("max_k"), opts.get("jobs")
         return fmc_scores(maps, seed=int(opts.get("seed", 0)), k=None if k is None else int(k),
                           max_k=None if max_k is None else int(max_k),
-                          perplexity=float(opts.get("perplexity", 1.0)))
+                          perplexity=float(opts.get("perplexity", 1.0)), jobs=None if jobs is None else int(jobs))
 
 
 register("fmc", FMC())
