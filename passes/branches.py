@@ -8,7 +8,7 @@ guard ``torch._assert`` goes into the graph, so an input that would take the oth
 an error naming the source line instead of silently running the wrong one (as ``torch.export`` guards
 its specializations). A condition on tensor *values* has no meta value: it stays untraceable.
 
-The dependency rule :func:`guard_channels` freezes the channels whose count a guard reads: pruning
+The dependency rule for guards (``guard_rule`` in :mod:`passes.op_rules`, from :func:`guard_reads`) freezes the channels whose count a guard reads: pruning
 them would flip the guard.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover
 
 from .shapes import ShapeRunner
 
-__all__ = ["BranchDecider", "GUARD", "guard_reads"]
+__all__ = ["BranchDecider", "GUARD", "guard_reads", "value_ancestry"]
 
 #: The function a guard node calls.
 GUARD = torch._assert
@@ -55,7 +55,8 @@ class BranchDecider:
         if isinstance(value, torch.Tensor) or not isinstance(value, (bool, int, float)):
             raise TraceError("symbolically traced variables cannot be used as inputs to control flow "
                              "(the condition depends on tensor values, not only on shapes)")
-        if self._reads_device(cond.node):
+        ancestry, _ = value_ancestry(cond.node, lambda n: isinstance(self.env.get(n), torch.Tensor))
+        if any(n.op == "call_function" and n.target is getattr and n.args[1] == "device" for n in ancestry):
             raise TraceError("symbolically traced variables cannot be used as inputs to control flow "
                              "(the condition depends on a tensor's device, which tracing on shapes cannot see)")
         taken = bool(value)
@@ -83,19 +84,6 @@ class BranchDecider:
                     break
                 n = n.next
         return self.env[node]
-
-    def _reads_device(self, cond: torch.fx.Node) -> bool:
-        """Does the condition read a tensor's device (through the non-tensor nodes it is computed from)?"""
-        todo, seen = [cond], set()
-        while todo:
-            n = todo.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            if n.op == "call_function" and n.target is getattr and n.args[1] == "device":
-                return True
-            todo.extend(a for a in n.all_input_nodes if not isinstance(self.env.get(a), torch.Tensor))
-        return False
 
     def _run(self, node: torch.fx.Node) -> Any:
         try:
@@ -131,22 +119,32 @@ def _caller_line() -> str:
 
 
 # ---- what a guard reads -------------------------------------------------------------------------
-def guard_reads(guard: torch.fx.Node) -> list[tuple[torch.fx.Node, set[int] | None]]:
-    """The tensors whose sizes a guard's condition is computed from, with the dims it reads
-    (None: every dim, or a use not understood here)."""
+def value_ancestry(start: torch.fx.Node, is_tensor) -> tuple[set[torch.fx.Node], list[tuple[torch.fx.Node, torch.fx.Node]]]:
+    """The non-tensor nodes a value is computed from (``start`` included), and the (reader, tensor) pairs
+    where that computation reads a tensor (its size, dtype, device)."""
     ancestry: set[torch.fx.Node] = set()
-    todo = [a for a in guard.all_input_nodes]
-    readers = []
+    readers: list[tuple[torch.fx.Node, torch.fx.Node]] = []
+    todo = [start]
     while todo:
         node = todo.pop()
         if node in ancestry:
             continue
         ancestry.add(node)
         for a in node.all_input_nodes:
-            if _is_tensor(a):
+            if is_tensor(a):
                 readers.append((node, a))
             else:
                 todo.append(a)
+    return ancestry, readers
+
+
+def guard_reads(guard: torch.fx.Node) -> list[tuple[torch.fx.Node, set[int] | None]]:
+    """The tensors whose sizes a guard's condition is computed from, with the dims it reads
+    (None: every dim, or a use not understood here)."""
+    cond = guard.args[0]
+    if not isinstance(cond, torch.fx.Node):
+        return []
+    ancestry, readers = value_ancestry(cond, _is_tensor)
     return [(tensor, _dims_read(reader, tensor, ancestry)) for reader, tensor in readers]
 
 

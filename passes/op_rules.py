@@ -132,15 +132,17 @@ def conv_rule(an, node):
     out = an.fresh(conv.out_channels, 1, len(shape))
     out_elems = out.index.reshape(-1)
     if conv.groups > 1:
-        if in_elems is None:
-            an.freeze(out, node, "grouped conv whose input channels cannot be followed")
-        else:
-            _unite_conv_groups(an, conv.groups, in_elems, out_elems)
+        _unite_conv_groups(an, node, conv.groups, in_elems, out)
     an.record_module(node, "conv", in_elems, out_elems)
     return out
 
 
-def _unite_conv_groups(an, g: int, in_elems: np.ndarray, out_elems: np.ndarray) -> None:
+def _unite_conv_groups(an, node, g: int, in_elems: np.ndarray | None, out: Layout) -> None:
+    """Group g's inputs and outputs are one unit; inputs that cannot be followed freeze the outputs."""
+    if in_elems is None:
+        an.freeze(out, node, "grouped conv whose input channels cannot be followed")
+        return
+    out_elems = out.index.reshape(-1)
     units = np.concatenate([in_elems.reshape(g, -1), out_elems.reshape(g, -1)], axis=1)  # one row per group
     an.unify(np.broadcast_to(units[:, :1], units[:, 1:].shape), units[:, 1:])
 
@@ -163,12 +165,10 @@ def functional_conv_rule(an, node):
     if groups == 1:
         an.record_module(node, "conv", in_elems, out_elems, name=name)
         return out
-    if in_elems is None:
-        an.freeze(out, node, "grouped conv whose input channels cannot be followed")
-    else:
-        _unite_conv_groups(an, groups, in_elems, out_elems)
+    _unite_conv_groups(an, node, groups, in_elems, out)
     an.record_module(node, "conv", None, out_elems, name=name)
-    an.add_edit(node, functools.partial(_rewrite_groups, out_elems=out_elems, per_group=n_out // groups))
+    an.add_edit(node, functools.partial(_rewrite_count_arg, elems=out_elems, index=6, name="groups",
+                                        per=n_out // groups))
     return out
 
 
@@ -187,12 +187,14 @@ def functional_linear_rule(an, node):
     return out
 
 
-def _rewrite_groups(gm, node, analysis, keep, out_elems, per_group) -> None:
-    groups = int(keep[out_elems].sum()) // per_group
-    if len(node.args) > 6:
-        node.args = (*node.args[:6], groups, *node.args[7:])
+def _rewrite_count_arg(gm, node, analysis, keep, elems, index: int, name: str, per: int = 1) -> None:
+    """Set argument ``index`` / ``name`` (a conv's ``groups``, a group norm's ``num_groups``) to the kept
+    count of ``elems`` over ``per`` channels per unit."""
+    count = int(keep[elems].sum()) // per
+    if len(node.args) > index:
+        node.args = (*node.args[:index], count, *node.args[index + 1:])
     else:
-        node.kwargs = {**node.kwargs, "groups": groups}
+        node.kwargs = {**node.kwargs, name: count}
 
 
 def weight_owner(an, weight, bias, ndim: int) -> tuple[str, tuple[int, int]] | None:
@@ -290,21 +292,12 @@ def group_norm_function_rule(an, node):
     if groups == shape[1]:
         elems = _channel_elems(an, node, src, 1, "normalized channels are not a simple channel axis")
         if elems is not None:
-            an.add_edit(node, functools.partial(_rewrite_group_count, elems=elems))
+            an.add_edit(node, functools.partial(_rewrite_count_arg, elems=elems, index=1, name="num_groups"))
     else:
         elems = _group_norm_channels(an, node, groups, shape[1])
     if elems is not None:
         _slice_per_channel_tensors(an, node, {"weight": 2, "bias": 3}, elems)
     return an.layout(src)
-
-
-def _rewrite_group_count(gm, node, analysis, keep, elems) -> None:
-    """A group per channel: as many groups as channels are kept."""
-    groups = int(keep[elems].sum())
-    if len(node.args) > 1:
-        node.args = (node.args[0], groups, *node.args[2:])
-    else:
-        node.kwargs = {**node.kwargs, "num_groups": groups}
 
 
 def _group_norm_channels(an, node, groups: int, channels: int) -> np.ndarray | None:
