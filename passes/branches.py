@@ -6,10 +6,12 @@ condition is turned into a bool, the graph built so far runs on meta tensors of 
 (shapes only, no data, incrementally: each node once), the branch the example takes is traced, and a
 guard ``torch._assert`` goes into the graph, so an input that would take the other branch stops with
 an error naming the source line instead of silently running the wrong one (as ``torch.export`` guards
-its specializations). A condition on tensor *values* has no meta value: it stays untraceable.
+its specializations). ``int()`` and ``float()`` of a number computed from sizes (``int(math.sqrt(T))``)
+take the example's number the same way, guarded to stay that number. A condition on tensor *values*
+has no meta value: it stays untraceable.
 
-The dependency rule for guards (``guard_rule`` in :mod:`passes.op_rules`, from :func:`guard_reads`) freezes the channels whose count a guard reads: pruning
-them would flip the guard.
+The dependency rule for guards (``guard_rule`` in :mod:`passes.op_rules`, from :func:`guard_reads`)
+freezes the channels whose count a guard reads: pruning them would flip the guard.
 """
 from __future__ import annotations
 
@@ -51,17 +53,35 @@ class BranchDecider:
 
     def decide(self, cond: torch.fx.Proxy) -> bool:
         """The branch the example input takes at ``bool(cond)``; a guard on it joins the graph."""
-        value = self._value(cond.node)
+        value = self._shape_value(cond)
+        taken = bool(value)
+        if taken and isinstance(value, bool):
+            check = cond
+        else:  # == 0 / != 0 rather than `not`: a re-trace of the code and torch.jit.trace both keep it a value
+            check = self.tracer.create_proxy("call_function", operator.ne if taken else operator.eq, (cond, 0), {})
+        self._guard(check, "takes another branch")
+        return taken
+
+    def number(self, size: torch.fx.Proxy, kind: type) -> int | float:
+        """``int(x)`` / ``float(x)`` of a value computed from sizes (``int(math.sqrt(T))``): the example's
+        number, constant from here on, with a guard that the input gives the same."""
+        value = kind(self._shape_value(size))
+        converted = self.tracer.create_proxy("call_function", kind, (size,), {})
+        same = self.tracer.create_proxy("call_function", operator.eq, (converted, value), {})
+        self._guard(same, "gives another number", f" ({value!r})")
+        return value
+
+    def _shape_value(self, proxy: torch.fx.Proxy) -> Any:
+        """The Python number ``proxy`` holds on the example input; untraceable unless it comes from shapes."""
+        value = self._value(proxy.node)
         if isinstance(value, torch.Tensor) or not isinstance(value, (bool, int, float)):
             raise TraceError("symbolically traced variables cannot be used as inputs to control flow "
                              "(the condition depends on tensor values, not only on shapes)")
-        ancestry, _ = value_ancestry(cond.node, lambda n: isinstance(self.env.get(n), torch.Tensor))
+        ancestry, _ = value_ancestry(proxy.node, lambda n: isinstance(self.env.get(n), torch.Tensor))
         if any(n.op == "call_function" and n.target is getattr and n.args[1] == "device" for n in ancestry):
             raise TraceError("symbolically traced variables cannot be used as inputs to control flow "
                              "(the condition depends on a tensor's device, which tracing on shapes cannot see)")
-        taken = bool(value)
-        self._guard(cond, value, taken)
-        return taken
+        return value
 
     def items(self, seq: torch.fx.Proxy) -> Iterator[torch.fx.Proxy]:
         """``for s in x.shape[-2:]``: a sequence of sizes is iterated item by item (its length is the
@@ -96,17 +116,11 @@ class BranchDecider:
                              f"condition could not be evaluated on the example input's shapes at "
                              f"{node.format_node()}: {type(e).__name__}: {e})") from e
 
-    def _guard(self, cond: torch.fx.Proxy, value: Any, taken: bool) -> None:
-        create = self.tracer.create_proxy
-        if taken and isinstance(value, bool):
-            check = cond
-        else:  # == 0 / != 0 rather than `not`: a re-trace of the code and torch.jit.trace both keep it a value
-            check = create("call_function", operator.ne if taken else operator.eq, (cond, 0), {})
-        where = _caller_line()
-        message = (f"this input's shape takes another branch{where} than the example input the model was "
-                   f"pruned with; the pruned graph holds that one branch only: prune with an example input "
+    def _guard(self, check: torch.fx.Proxy, what: str, example: str = "") -> None:
+        message = (f"this input's shape {what}{_caller_line()} than the example input the model was "
+                   f"pruned with{example}; the pruned graph holds the example's choice only: prune with an example input "
                    f"shaped like this one")
-        create("call_function", GUARD, (check, message), {})
+        self.tracer.create_proxy("call_function", GUARD, (check, message), {})
 
 
 def _caller_line() -> str:

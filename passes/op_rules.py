@@ -879,7 +879,8 @@ def metadata_rule(an, node):
 
 @REGISTRY.function(GUARD)
 def guard_rule(an, node):
-    """A guard on a branch the trace took (passes.branches): the channel counts it reads must stay."""
+    """A guard on a branch the trace took or a number it fixed (passes.branches): the channel counts it
+    reads must stay."""
     for src, dims in guard_reads(node):
         lay = an.layout(src)
         if lay is None:
@@ -887,7 +888,7 @@ def guard_rule(an, node):
         channel_dims = set(lay.varying_dims()) if isinstance(lay, Layout) else None
         if dims is None or channel_dims is None and dims or \
                 channel_dims is not None and any(d % lay.ndim in channel_dims for d in dims):
-            an.freeze(lay, node, "a branch taken while tracing depends on this channel count")
+            an.freeze(lay, node, "a branch taken or a number fixed while tracing depends on this channel count")
     return None
 
 

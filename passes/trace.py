@@ -51,6 +51,9 @@ class _LeafTracer(torch.fx.Tracer):
         """A loop over sizes (``for s in x.shape[-2:]``): as many items as the example has."""
         return self._branch_decider().items(obj)
 
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _NumberProxy(node, self)
+
     def _branch_decider(self) -> BranchDecider:
         if self._branches is None:
             self._branches = BranchDecider(self, self.example_inputs)
@@ -86,9 +89,9 @@ class _LeafTracer(torch.fx.Tracer):
         """Proxies alone (the arguments of nearly every call: ``conv(x)``, ``add(x, y)``) map straight to
         their nodes; anything else goes through the base tracer's generic walk, a sixth of tracing time."""
         kind = type(a)
-        if kind is torch.fx.Proxy:
+        if kind is _NumberProxy:
             return a.node
-        if kind is tuple and all(type(x) is torch.fx.Proxy for x in a):
+        if kind is tuple and all(type(x) is _NumberProxy for x in a):
             return tuple(x.node for x in a)
         if kind is dict and not a:
             return {}
@@ -113,6 +116,17 @@ class _LeafTracer(torch.fx.Tracer):
             f"Keep it opaque with leaf_modules=['{path}'] (its channels are then left unpruned), "
             "or make its forward free of data-dependent Python control flow."
         )
+
+
+class _NumberProxy(torch.fx.Proxy):
+    """A proxy that ``int()`` and ``float()`` accept when it holds a number computed from sizes
+    (``int(math.sqrt(T))``): the example input gives the number, and a guard checks it (passes.branches)."""
+
+    def __int__(self) -> int:
+        return self.tracer._branch_decider().number(self, int)
+
+    def __float__(self) -> float:
+        return self.tracer._branch_decider().number(self, float)
 
 
 #: What a subclass may define without changing what its torch.nn layer computes: how it is built and printed.

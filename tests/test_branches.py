@@ -1,4 +1,5 @@
-"""Branches on shapes (passes/branches.py): traced the way the example input goes, guarded in the graph.
+"""Branches on shapes, and numbers computed from shapes (passes/branches.py): traced the way the example
+input goes, guarded in the graph.
 
 Also the layers such models are made of: a conv subclass that pads itself and calls ``F.conv2d`` (timm's
 ``Conv2dSame``), a linear subclass that calls ``F.linear``.
@@ -63,7 +64,7 @@ def test_a_branch_on_a_channel_count_freezes_those_channels_only():
     x = torch.randn(1, 3, 16, 16)
     analysis = fxprune.analyze(model, x)
     guarded = next(g for g in analysis.groups if ("c1", "out") in g.members)
-    assert guarded.frozen and any("branch taken while tracing" in str(r) for r in guarded.reasons)
+    assert guarded.frozen and any("branch taken or a number fixed while tracing" in str(r) for r in guarded.reasons)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
     assert small.c1.out_channels == 16 and small.c2.out_channels == 6
 
@@ -83,6 +84,45 @@ class _BranchOnDevice(nn.Module):
 def test_a_branch_on_the_device_is_refused_with_the_reason():
     with pytest.raises(fxprune.UntraceableModelError, match="depends on a tensor's device"):
         fxprune.prune(_BranchOnDevice(), torch.randn(1, 3, 8, 8), criterion="l1", ratio=0.5)
+
+
+class _TokensToGrid(nn.Module):
+    """Folds a token sequence back into a square grid, its side computed with ``int(math.sqrt(T))``
+    (timm's NesT), and scales by one over the channel count with ``float``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 12, 1), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        tokens = self.c1(x).flatten(2)  # B, C, T
+        side = int(math.sqrt(tokens.shape[-1]))
+        x = torch.relu(tokens.reshape(tokens.shape[0], tokens.shape[1], side, side))
+        x = self.c2(x)
+        x = x / float(x.size(1))
+        return self.c3(torch.relu(x))
+
+
+def test_int_and_float_of_sizes_take_the_example_number_and_guard_it():
+    model = randomize(_TokensToGrid())
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x)
+    scaled = next(g for g in analysis.groups if ("c2", "out") in g.members)
+    assert scaled.frozen and any("number fixed while tracing" in str(r) for r in scaled.reasons)  # float(C) reads c2's count
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.c1.out_channels == 8 and small.c2.out_channels == 12
+    small(torch.randn(3, 3, 8, 8))  # another batch size gives the same side
+    with pytest.raises(AssertionError, match=r"gives another number at .*test_branches\.py:\d+ .*\(8\)"):
+        small(torch.randn(1, 3, 9, 9))
+
+
+def test_int_of_a_tensor_value_stays_untraceable():
+    class ValueCount(nn.Module):
+        def forward(self, x):
+            return x[:, : int(x.sum())]
+
+    with pytest.raises(fxprune.UntraceableModelError, match="tensor values"):
+        fxprune.analyze(ValueCount(), torch.randn(1, 3, 8, 8))
 
 
 class _SameConv(nn.Conv2d):

@@ -3,7 +3,7 @@ channel groups prunable. timm builds its layers its own way (``BatchNormAct2d``:
 calls ``F.batch_norm`` and an activation; GhostNet's channel ranges; ReXNet's partial residual; MixNet's
 split kernels; DeiT's packed q, k, v through ``unbind`` and ``F.scaled_dot_product_attention``; the
 TensorFlow ports' ``Conv2dSame`` and MobileViT branching on feature-map sizes; PoolFormer's one-group
-``F.group_norm``), so these
+``F.group_norm``; NesT's ``int(math.sqrt(T))`` on a size), so these
 check the general rules on code nobody wrote for fxprune.
 
 Random weights (``pretrained=False``: nothing is downloaded), BN statistics made non-trivial by
@@ -25,9 +25,9 @@ MODELS = {
     "densenet121": 0.9, "ghostnet_100": 0.9, "rexnet_100": 0.9, "mixnet_s": 0.9, "cspdarknet53": 0.9,
     "dla34": 0.9, "hrnet_w18_small": 0.9, "repvgg_a0": 0.7, "res2net50_26w_4s": 0.9, "fastvit_t8": 0.8,
     "convnext_atto": 0.85, "deit_tiny_patch16_224": 0.9, "tf_efficientnet_b0": 0.9, "mobilevit_xxs": 0.9,
-    "poolformer_s12": 0.6,
+    "poolformer_s12": 0.6, "nest_tiny": 0.9,
 }
-BUILD = {"deit_tiny_patch16_224": {"img_size": 64}}  # a ViT's position table is sized for one input
+BUILD = {"deit_tiny_patch16_224": {"img_size": 64}, "nest_tiny": {"img_size": 64}}  # position tables are sized for one input
 
 
 @pytest.mark.slow
