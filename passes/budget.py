@@ -5,7 +5,8 @@
   ``ratio`` fraction of all prunable channels is removed network-wide; every group keeps at least one.
 * ``flops_reduction=f``: bisects the ratio (uniform per group, or global with ``global_ratio``)
   until the conv+linear multiply-accumulates fall by ``f``; the result lands within ±2% when the
-  channel granularity allows it.
+  channel granularity allows it, else the error names the reductions reachable on either side (or
+  the most pruning can remove).
 
 MACs are counted from the analysis alone (no forward pass): a conv costs kept outputs × kept inputs
 per group × kernel taps × output positions, a linear kept outputs × kept inputs × leading positions.
@@ -86,19 +87,29 @@ def search_flops(analysis: Analysis, scores: dict[int, np.ndarray], target: floa
     keep_fn = global_keep if use_global else uniform_keep
     base = conv_linear_macs(analysis, {})
     lo, hi = 0.0, 0.999
-    best = {}
+    tried: list[tuple[float, dict[int, np.ndarray]]] = []
     for _ in range(30):
         mid = (lo + hi) / 2
         kept = keep_fn(analysis, scores, mid, round_to)
         reduction = 1.0 - conv_linear_macs(analysis, kept) / base
-        best = kept
+        tried.append((reduction, kept))
         if abs(reduction - target) <= TOLERANCE / 4:
             break
         lo, hi = (mid, hi) if reduction < target else (lo, mid)
-    final = 1.0 - conv_linear_macs(analysis, best) / base
+    final, best = min(tried, key=lambda t: abs(t[0] - target))
     if abs(final - target) > TOLERANCE:
-        raise PlanError(
-            f"cannot reach a {target:.0%} FLOPs reduction (closest: {final:.1%}); the prunable channels "
-            "do not allow it: fewer frozen groups (see fxprune.analyze) or a smaller target"
-        )
+        most = 1.0 - conv_linear_macs(analysis, keep_fn(analysis, scores, 0.999, round_to)) / base
+        raise PlanError(_unreachable(target, [r for r, _ in tried], most))
     return best
+
+
+def _unreachable(target: float, reached: list[float], most: float) -> str:
+    """Why no ratio lands within the tolerance: the target is above what pruning can remove, or the
+    channel counts step over it (small layers: one channel more or less moves the MACs by several %)."""
+    below = max((r for r in reached if r < target), default=0.0)
+    above = min((r for r in reached if r > target), default=None)
+    if above is None and most < target:
+        return (f"cannot reach a {target:.0%} FLOPs reduction: pruning every prunable group to one channel removes "
+                f"{most:.1%}; unfreeze groups (see fxprune.analyze) or ask for less")
+    return (f"cannot land within {TOLERANCE:.0%} of a {target:.0%} FLOPs reduction: the channel counts step from "
+            f"{below:.1%} to {(above if above is not None else most):.1%}; ask for one of those, or give ratio= instead")

@@ -20,6 +20,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .branches import value_ancestry
 from .clone import clone_tree, unshare
 from .dependency import Analysis
 from .errors import PlanError
@@ -269,7 +270,9 @@ def _rewrite_sizes(node, analysis, keep) -> None:
     A literal equal to an old channel count becomes the new count. A size read at run time keeps
     being read when it is read from a tensor dim that shrinks alike (``x.size(1)`` of the same
     channels); read from a tensor whose channels differ, it becomes the new count where that
-    changes; computed on a channel axis, it becomes the new count.
+    changes; computed on a channel axis, it becomes the new count; computed elsewhere from a channel
+    count that changes (``c // 2`` on an axis of extent 1, a shuffle of two channels), it becomes the
+    axis' count, which pruning does not change.
     """
     old = list(node.meta["fxprune.shape"])
     new = _new_shape(node, analysis, keep)
@@ -292,10 +295,18 @@ def _rewrite_sizes(node, analysis, keep) -> None:
             # a computed size on a channel axis (c // heads, with c read from a tensor that shrinks
             # otherwise) becomes the axis' new count even where that count stays: channel counts are
             # fixed by the weights, never by the input
-            if read is not None and read[1] != n or read is None and d in channel_dims:
+            if read is not None and read[1] != n or read is None and (
+                    d in channel_dims or _reads_changed_size(s, analysis, keep)):
                 sizes[d], changed = n, True
     if changed:
         node.args = (args[0], tuple(sizes)) if packed else (args[0], *sizes)
+
+
+def _reads_changed_size(value: torch.fx.Node, analysis: Analysis, keep: np.ndarray) -> bool:
+    """Is ``value`` computed from a size that pruning changes (so it would evaluate differently)?"""
+    ancestry, _ = value_ancestry(value, lambda n: isinstance(n.meta.get("fxprune.shape"), torch.Size))
+    return any(read is not None and read[0] != read[1]
+               for read in (_size_read(n, analysis, keep) for n in ancestry))
 
 
 def _size_read(arg: torch.fx.Node, analysis: Analysis, keep: np.ndarray) -> tuple[int, int] | None:

@@ -61,3 +61,14 @@ def test_global_ratio_prunes_unevenly_but_keeps_every_group_alive():
 def test_budget_errors(kwargs, message):
     with pytest.raises(fxprune.PlanError, match=message):
         fxprune.plan(get_model("resnet20"), torch.randn(1, 3, 32, 32), criterion="l1", **kwargs)
+
+
+def test_an_unreachable_flops_target_says_why():
+    # two convs of 4 channels: each kept channel more or less moves the MACs by a large step
+    model = randomize(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)))
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(fxprune.PlanError, match=r"the channel counts step from \d+\.\d% to \d+\.\d%"):
+        fxprune.plan(model, x, criterion="l1", flops_reduction=0.4)
+    # the last conv's output is the model's: only the first conv's 4 channels can go
+    with pytest.raises(fxprune.PlanError, match=r"one channel removes \d+\.\d%; unfreeze groups"):
+        fxprune.plan(model, x, criterion="l1", flops_reduction=0.9)

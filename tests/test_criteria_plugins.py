@@ -221,3 +221,27 @@ def test_every_criterion_on_resnet20(criterion):
     model = randomize(get_model("resnet20"))
     small, err = prune_and_check(model, x, criterion=criterion, ratio=0.3, **_options(criterion, x))
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+class ConvThenChannelLinear(nn.Module):
+    """conv1 -> a Linear over the channels (channels-last) -> conv2: both conv1 and lin are prunable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.lin, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 6), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = self.lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.conv2(x).mean((2, 3))
+
+
+def test_observed_maps_of_convs_are_read_by_their_own_reducer():
+    """A Linear's reducer (features on the last axis) asked for first must not be applied to the convs:
+    only a conv's request fetches the other convs' maps in the same pass."""
+    model = randomize(ConvThenChannelLinear())
+    ctx = ScoringContext(fxprune.analyze(model, X8), data=[X8])
+    ctx.observe(["lin"], lambda out: out.movedim(-1, 1), "maps", 4)
+    got = ctx.observe(["conv1"], lambda out: out.clone(), "maps", 4)
+    with torch.no_grad():
+        assert torch.equal(got["conv1"], model.conv1(X8))

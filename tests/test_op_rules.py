@@ -664,3 +664,25 @@ class Affine(nn.Module):
 def test_addcmul_slices_its_parameter_operands():
     small, _ = prune_and_check(randomize(Affine()), torch.randn(2, 5, 6), criterion="l1", ratio=0.5)
     assert small.alpha.shape == small.beta.shape == (8,) and small.fc1.out_features == 8
+
+
+class TwoChannelShuffle(nn.Module):
+    """A channel shuffle whose channel count is read at run time, on a layer of two channels: the
+    ``c // 2`` axis has extent 1, so it is no channel axis, yet it is computed from one."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 2, 3), nn.Conv2d(2, 4, 1)
+
+    def forward(self, x):
+        x = self.c1(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.c2(x)
+
+
+def test_a_size_computed_from_a_pruned_channel_count_on_another_axis_is_rewritten():
+    model = randomize(TwoChannelShuffle())
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.c1.out_channels == 1 and small(torch.randn(3, 3, 8, 8)).shape == (3, 4, 6, 6)

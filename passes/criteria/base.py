@@ -47,6 +47,7 @@ class ScoringContext:
     data: Iterable | None = None
     options: dict[str, Any] = field(default_factory=dict)
     _observed: dict[tuple[str, str], np.ndarray | torch.Tensor] = field(default_factory=dict)
+    _prefetched: set[str] = field(default_factory=set)
     _producers: dict[str, tuple] | None = None
 
     # ---- group structure ------------------------------------------------------------------------
@@ -131,8 +132,13 @@ class ScoringContext:
         """
         missing = [n for n in names if (key, n) not in self._observed]
         if missing:
-            first_use = not any(k == key for k, _ in self._observed)
-            wanted = set(missing) | (self._map_producers() if first_use else set())
+            wanted = set(missing)
+            convs = self._map_producers()
+            # the other convs come along on a conv's first pass; a reducer made for another kind of
+            # layer (a Linear's features on the last axis) would misread their maps
+            if key not in self._prefetched and convs.issuperset(missing):
+                self._prefetched.add(key)
+                wanted |= convs
             self._collect(sorted(wanted), reducer, key, max_samples)
         return {n: self._observed[(key, n)] for n in names if (key, n) in self._observed}
 

@@ -280,7 +280,7 @@ class FMC(Criterion):
     @staticmethod
     def _producer_scores(ctx, p, samples: int) -> np.ndarray:
         name = p.role.name
-        maps = ctx.observe([name], _relu_maps(p.role.kind), "fmc-relu", samples).get(name)
+        maps = ctx.observe([name], _relu_maps(p.role.kind), f"fmc-relu-{p.role.kind}", samples).get(name)
         if maps is None:  # never ran as a module (read through its weights): no feature maps to cluster
             return np.zeros(len(p.classes))
         if maps.shape[0] < 2:
