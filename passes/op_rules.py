@@ -620,6 +620,8 @@ def reshape_rule(an, node):
     out = _keep_split_even(an, out)
     if has_sizes:
         an.shape_edits[node.name] = "sizes"
+        if not lay.varying_dims():  # one channel: which size of 1 is its axis cannot be told, so it stays
+            an.freeze(lay, node, "a reshape with explicit sizes of a one-channel tensor")
     return out
 
 

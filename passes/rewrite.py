@@ -326,11 +326,8 @@ def _size_read(arg: torch.fx.Node, analysis: Analysis, keep: np.ndarray) -> tupl
 
 
 def _rewrite_split(node, analysis, keep, sections: bool) -> None:
-    parts = analysis.node_layouts[node.name]
-    counts = []
-    for lay in parts:
-        d = lay.varying_dims()[0] if lay.varying_dims() else 0
-        counts.append(_count_kept(analysis, keep, lay.index.reshape(-1)) if lay.varying_dims() else 1)
+    # every piece holds channels of the split axis: a one-channel piece (no varying dim) too, and it may go
+    counts = [_count_kept(analysis, keep, lay.index.reshape(-1)) for lay in analysis.node_layouts[node.name]]
     value = counts if sections else counts[0]
     args = list(node.args)
     if len(args) > 1:

@@ -686,3 +686,48 @@ def test_a_size_computed_from_a_pruned_channel_count_on_another_axis_is_rewritte
     x = torch.randn(2, 3, 8, 8)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
     assert small.c1.out_channels == 1 and small(torch.randn(3, 3, 8, 8)).shape == (3, 4, 6, 6)
+
+
+class OneChannelPiece(nn.Module):
+    """``torch.split`` into pieces of 1 and C - 1 channels: the one-channel piece may lose its channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3), nn.Conv2d(7, 4, 1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        x = self.c1(x)
+        first, rest = torch.split(x, [1, x.shape[1] - 1], 1)
+        return self.c3(torch.cat([self.c2(rest), first], 1))
+
+
+def test_split_sections_count_the_kept_channels_of_one_channel_pieces():
+    model = randomize(OneChannelPiece())
+    x = torch.randn(2, 3, 8, 8)
+    for weak in (0, 5):  # the one-channel piece's channel goes, then one of the others
+        with torch.no_grad():
+            model.c1.weight.mul_(4.0)
+            model.c1.weight[weak].mul_(0.01)
+        small, _ = prune_and_check(model, x, criterion="l1", ratio=0.2)
+        plan = small.meta["fxprune.plan"].to_dict()["modules"]
+        assert weak not in plan["c1"]["out"] and small(x).shape == (2, 4, 6, 6)
+
+
+class ViewedOneChannelPiece(OneChannelPiece):
+    def forward(self, x):
+        x = self.c1(x)
+        first, rest = torch.split(x, [1, x.shape[1] - 1], 1)
+        first = first.view(first.shape[0], 1, 36).view(first.shape[0], 1, 6, 6)
+        return self.c3(torch.cat([self.c2(rest), first], 1))
+
+
+def test_a_one_channel_tensor_reshaped_with_explicit_sizes_keeps_its_channel():
+    """Which size-1 axis holds its channel cannot be told from the layout, so the channel stays."""
+    model = randomize(ViewedOneChannelPiece())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.c1.weight[0].mul_(0.001)
+    analysis = fxprune.analyze(model, x)
+    assert any("one-channel tensor" in str(r) for g in analysis.groups for r in g.reasons)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.3)
+    assert small.c1.out_channels == 8 and small.c2.out_channels < 4

@@ -2,9 +2,10 @@
 
 Each generated network keeps a pool of tensors (same spatial size) and appends ops that read one or
 two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, residual add and
-multiply, SE gating, channel concat, chunk, channel slices, channel shuffle, channel pad, a linear
-layer over channels (permute - linear - permute), LayerNorm over channels, channel means (which mix
-channels and must freeze), pooling. A head reads a random subset of the pool. Pruned with ``l1`` at a
+multiply, SE gating, channel concat, chunk, uneven split, channel slices (strided ones freeze),
+channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a linear layer over channels
+(permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
+channels and must freeze), pooling and upsampling. A head reads a random subset of the pool. Pruned with ``l1`` at a
 random ratio, optionally ``round_to`` and ``strict`` (mixing groups frozen, so verify is exact).
 
 ``FXPRUNE_FUZZ_EXAMPLES=2000`` runs a longer search than CI's.
@@ -21,7 +22,8 @@ import fxprune
 from conftest import prune_and_check, randomize
 
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
-       "shuffle", "pad", "linear", "layernorm", "chanmean", "pool"]
+       "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
+       "stride", "upsample", "dense"]
 EXAMPLES = int(os.environ.get("FXPRUNE_FUZZ_EXAMPLES", "100"))
 
 
@@ -66,7 +68,7 @@ class RandomGraphNet(nn.Module):
             out = ca
         elif op == "cat":
             out = ca + widths[b]
-        elif op in ("chunk", "shuffle") and ca % 2 or op == "slice" and ca <= 2:
+        elif op in ("chunk", "shuffle") and ca % 2 or op in ("slice", "split") and ca <= 2:
             return self._add(i, "relu", picks, w, widths)
         elif op == "chunk":
             out = ca // 2
@@ -80,9 +82,20 @@ class RandomGraphNet(nn.Module):
         elif op == "layernorm":
             self.layers[name] = nn.LayerNorm(ca)
             out = ca
-        elif op == "chanmean":
+        elif op == "repeat":
+            out = 2 * ca
+        elif op == "split":
+            out = ca - 1  # the larger part of sections (1, C - 1)
+        elif op == "stride":
+            out = (ca + 1) // 2
+        elif op == "where":
+            if widths[b] != ca:
+                self.layers[name] = nn.Conv2d(widths[b], ca, 1)
             out = ca
-        else:  # relu, shuffle, pool
+        elif op == "dense":  # flatten -> linear -> back to a 1x1 map: every channel owns H*W features
+            self.layers[name] = nn.Linear(ca * 8 * 8, w)
+            out = w
+        else:  # relu, shuffle, pool, chanmean, roll, flip, upsample
             out = ca
         self.program.append((op, (a, b), name if name in self.layers else None))
         widths.append(out)
@@ -121,6 +134,24 @@ class RandomGraphNet(nn.Module):
             return layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if op == "chanmean":
             return x - x.mean(1, keepdim=True)
+        if op == "repeat":
+            return x.repeat(1, 2, 1, 1)
+        if op == "roll":
+            return torch.roll(x, 1, 1)
+        if op == "flip":
+            return x.flip(1)
+        if op == "split":
+            return torch.split(x, [1, x.shape[1] - 1], 1)[1]
+        if op == "stride":
+            return x[:, ::2]
+        if op == "where":
+            y = layer(y) if layer is not None else y
+            return torch.where(y > 0, x, -x)
+        if op == "upsample":
+            return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
+        if op == "dense":
+            n = x.shape[0]
+            return layer(x.flatten(1)).view(n, -1, 1, 1).expand(n, -1, 8, 8)
         return F.max_pool2d(x, 3, 1, 1)
 
 
