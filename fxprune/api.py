@@ -21,7 +21,8 @@ from passes.errors import PlanError
 from passes.plan import Plan, kept_from_plan, make_plan
 from passes.rewrite import rewrite as _rewrite
 from passes.budget import global_keep, search_flops
-from passes.select import check_ratio, keep_every_layer_alive, layer_classes, resolve_ratios, select
+from passes.select import (check_ratio, keep_every_layer_alive, keep_spanning_sides_alive, layer_classes,
+                           resolve_ratios, select)
 from passes.modes import gc_paused
 from passes.trace import trace as _trace
 from passes.verify import verify_against
@@ -127,7 +128,8 @@ def _network_wide(analysis, crit, ctx, ratio, flops_reduction, global_ratio, rou
             raise PlanError("global_ratio=True needs ratio= (the fraction of all prunable channels to remove)")
         kept = global_keep(analysis, scores, check_ratio(ratio), round_to)
     layers = layer_classes(analysis)
-    return {gi: keep_every_layer_alive(k, scores[gi], layers.get(gi, [])) for gi, k in kept.items()}
+    kept = {gi: keep_every_layer_alive(k, scores[gi], layers.get(gi, [])) for gi, k in kept.items()}
+    return keep_spanning_sides_alive(analysis, kept, scores)
 
 
 def _json_safe(d: dict) -> dict:

@@ -589,10 +589,12 @@ def _through_expand(t: torch.fx.Node) -> torch.fx.Node:
 # ---------------------------------------------------------------------------------------------
 # reshape: run the op on the layout array
 # ---------------------------------------------------------------------------------------------
+#: Ops that only move values, so that they move the kept channels of a pruned tensor as they move the layout
+#: (``flip`` reverses the kept ones, ``repeat`` repeats each kept one): not ``roll``, whose shift is positional.
 LAYOUT_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand",
-                  "unflatten", "movedim", "t", "swapaxes", "expand_as", "view_as", "reshape_as")
+                  "unflatten", "movedim", "t", "swapaxes", "expand_as", "view_as", "reshape_as", "flip", "repeat")
 LAYOUT_FUNCTIONS = (torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze,
-                    torch.squeeze, torch.movedim, torch.t, torch.swapaxes)
+                    torch.squeeze, torch.movedim, torch.t, torch.swapaxes, torch.flip)
 RESHAPES_WITH_SIZES = ("view", "reshape", "expand")
 #: Same values as the view, copying where the broadcast layout's strides allow no view.
 _COPYING_TWIN = {"view": "reshape", "view_as": "reshape_as"}
@@ -614,6 +616,8 @@ def reshape_rule(an, node):
         if has_sizes and any(isinstance(a, torch.fx.Node) for a in _flat(node.args[1:])):
             an.shape_edits[node.name] = "sizes"  # sizes read from another tensor may change
         return None
+    if node.target == "repeat" and any(isinstance(a, torch.fx.Node) for a in _flat(node.args[1:])):
+        return an.opaque(node, "repeat by a count computed at run time (it may read a channel count)")
     out = _apply_to_layout(an, node, src, lay)
     if out is None:
         return an.opaque(node, "cannot follow channels through this reshape")

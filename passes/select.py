@@ -17,8 +17,10 @@ from .criteria import Criterion, ScoringContext
 from .dependency import PRODUCER_KINDS, Analysis
 from .errors import PlanError
 from .layout import concat_segments, uniform_segments, unique_ints
+from .plan import kept_mask
 
-__all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive", "layer_classes"]
+__all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive",
+           "keep_spanning_sides_alive", "layer_classes"]
 
 
 def check_ratio(r: Any, what: str = "ratio") -> float:
@@ -93,15 +95,16 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
                 raise PlanError(f"criterion {criterion.name!r} needs a ratio budget (ratio=...)")
             k = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
             kept[gi] = keep_every_layer_alive(k, None, layers.get(gi, []))
-        return kept
+        return keep_spanning_sides_alive(analysis, kept, {})
+    scores: dict[int, np.ndarray] = {}
     for gi, r in ratios.items():
         g = analysis.groups[gi]
         k = kept_count(g.n_classes, r, class_step(analysis, gi, round_to))
         if k >= g.n_classes:
             continue
-        scores = np.asarray(criterion.score(ctx, g), dtype=np.float64)
-        kept[gi] = keep_every_layer_alive(top_k(scores, k), scores, layers.get(gi, []))
-    return kept
+        scores[gi] = np.asarray(criterion.score(ctx, g), dtype=np.float64)
+        kept[gi] = keep_every_layer_alive(top_k(scores[gi], k), scores[gi], layers.get(gi, []))
+    return keep_spanning_sides_alive(analysis, kept, scores)
 
 
 def layer_classes(analysis: Analysis) -> dict[int, list[np.ndarray]]:
@@ -147,6 +150,35 @@ def keep_every_layer_alive(kept: np.ndarray, scores: np.ndarray | None, layers: 
         if not flags[mine].any():
             flags[mine[np.argmax(scores[mine])] if scores is not None else mine[0]] = True
     return np.flatnonzero(flags) if dead else kept
+
+
+def keep_spanning_sides_alive(analysis: Analysis, kept: dict[int, np.ndarray],
+                              scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """A layer side whose channels come from several groups (a conv reading a concatenation of two groups'
+    channels) vanishes if every group drops its part, which :func:`keep_every_layer_alive` cannot see (it
+    checks one group at a time). Such a side gets back its best class (by the score relative to its
+    group's best, else the first). One numpy pass finds them; they are rare."""
+    sides = [e for role in analysis.roles.values() for e in (role.out_elems, role.in_elems) if e is not None and len(e)]
+    if not kept or not sides:
+        return kept
+    keep = kept_mask(analysis, kept)
+    elems, starts, _ = concat_segments(sides)
+    dead = np.flatnonzero(~np.logical_or.reduceat(keep[elems], starts)).tolist()
+    if not dead:
+        return kept
+    kept = dict(kept)
+    gpos, cpos = analysis.class_positions()
+    for i in dead:
+        roots = unique_ints(analysis.roots(sides[i]))
+        if keep[np.isin(analysis.root_of, roots)].any():
+            continue  # an earlier rescue revived it
+        rel = [scores[g][c] / (np.abs(scores[g]).max() or 1.0) if g in scores else 0.0
+               for g, c in zip(gpos[roots].tolist(), cpos[roots].tolist())]
+        best = roots[int(np.argmax(rel))]
+        g, c = int(gpos[best]), int(cpos[best])
+        kept[g] = unique_ints(np.append(kept[g], c))
+        keep |= analysis.root_of == best
+    return kept
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -731,3 +731,26 @@ def test_a_one_channel_tensor_reshaped_with_explicit_sizes_keeps_its_channel():
     assert any("one-channel tensor" in str(r) for g in analysis.groups for r in g.reasons)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.3)
     assert small.c1.out_channels == 8 and small.c2.out_channels < 4
+
+
+class FlipAndRepeat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3), nn.Conv2d(16, 6, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = self.c1(x)
+        x = torch.cat([x, x.flip(1)], 1) + x.repeat(1, 2, 1, 1)  # channel i meets channel 7 - i and itself
+        y = torch.flip(self.c2(x), [1])
+        return self.c3(y.repeat(1, y.shape[1] // 6, 1, 1))
+
+
+def test_flip_and_repeat_move_the_kept_channels_as_they_move_the_layout():
+    model = randomize(FlipAndRepeat())
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x)
+    c1_group = next(g for g in analysis.groups if ("c1", "out") in g.members)
+    assert not c1_group.frozen and c1_group.n_classes == 4  # channel i and 7 - i are added: one class
+    assert next(g for g in analysis.groups if ("c2", "out") in g.members).frozen  # repeat by a computed count
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.c1.out_channels == 4 and small.c2.in_channels == 8

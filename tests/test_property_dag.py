@@ -5,8 +5,9 @@ two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, re
 multiply, SE gating, channel concat, chunk, uneven split, channel slices (strided ones freeze),
 channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a linear layer over channels
 (permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
-channels and must freeze), pooling and upsampling. A head reads a random subset of the pool. Pruned with ``l1`` at a
-random ratio, optionally ``round_to`` and ``strict`` (mixing groups frozen, so verify is exact).
+channels and must freeze), pooling and upsampling. A head reads a random subset of the pool. Pruned
+with ``l1`` at a random ratio, per group or network-wide, optionally ``round_to``, and ``strict``
+(mixing groups frozen, so verify is exact).
 
 ``FXPRUNE_FUZZ_EXAMPLES=2000`` runs a longer search than CI's.
 """
@@ -48,10 +49,10 @@ class RandomGraphNet(nn.Module):
         if op in ("conv3", "conv1"):
             self.layers[name] = nn.Conv2d(ca, w, 3 if op == "conv3" else 1, padding=1 if op == "conv3" else 0)
             out = w
-        elif op == "grouped":
-            g = 2 if ca % 2 == 0 else 1
-            self.layers[name] = nn.Conv2d(ca, 2 * g, 3, padding=1, groups=g)
-            out = 2 * g
+        elif op == "grouped":  # groups of 2-3 input channels, often spanning the pieces of a concat
+            g = next((g for g in (4, 3, 2) if ca % g == 0 and ca > g), 1)
+            out = g * max(1, w // g)
+            self.layers[name] = nn.Conv2d(ca, out, 3, padding=1, groups=g)
         elif op == "depthwise":
             self.layers[name] = nn.Conv2d(ca, ca, 3, padding=1, groups=ca)
             out = ca
@@ -162,12 +163,14 @@ class RandomGraphNet(nn.Module):
     head_picks=st.lists(st.integers(0, 50), min_size=1, max_size=3),
     ratio=st.floats(0.0, 0.8),
     round_to=st.sampled_from([None, 2]),
+    global_ratio=st.booleans(),
     seed=st.integers(0, 1000),
 )
-def test_plan_apply_verify_on_random_graphs(steps, head_picks, ratio, round_to, seed):
+def test_plan_apply_verify_on_random_graphs(steps, head_picks, ratio, round_to, global_ratio, seed):
     net = randomize(RandomGraphNet(steps, head_picks), seed)
     x = torch.randn(2, 3, 8, 8)
     strict = bool(fxprune.analyze(net, x).mixing_groups())  # mixing groups frozen: verify is exact
-    small, _ = prune_and_check(net, x, criterion="l1", ratio=ratio, round_to=round_to, strict=strict)
+    small, _ = prune_and_check(net, x, criterion="l1", ratio=ratio, round_to=round_to, global_ratio=global_ratio,
+                               strict=strict)
     assert small(x).shape == (2, 6)
 

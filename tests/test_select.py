@@ -140,3 +140,31 @@ def test_round_to_counts_channels_not_conv_groups():
     assert all(m.out_channels < max(original) for m in grouped if m.out_channels >= 8)
     assert sum(m.out_channels for m in grouped) < 0.6 * sum(
         m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+
+
+class ReadsTwoGroups(torch.nn.Module):
+    """conv ``c`` reads one channel of each of two independent groups (a and b)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)
+        self.c, self.head = torch.nn.Conv2d(2, 4, 1), torch.nn.Linear(12, 5)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        y = self.c(torch.cat([a[:, :1], b[:, :1]], 1))
+        return self.head(torch.cat([t.mean((2, 3)) for t in (a, b, y)], 1))
+
+
+@pytest.mark.parametrize("budget", [{"ratio": 0.5}, {"ratio": 0.5, "global_ratio": True}])
+def test_a_layer_reading_several_groups_keeps_a_channel_when_each_group_drops_its_part(budget):
+    model = randomize(ReadsTwoGroups())
+    with torch.no_grad():  # the channel each group gives c is its weakest
+        model.a.weight[0].mul_(0.01)
+        model.b.weight[0].mul_(0.02)
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", **budget)
+    assert small.c.in_channels == 1
+    if not budget.get("global_ratio"):  # each group keeps 2 of 4; b's channel 0 (relatively stronger) comes back
+        assert (small.a.out_channels, small.b.out_channels) == (2, 3)
+        assert 0 in small.meta["fxprune.plan"].to_dict()["modules"]["b"]["out"]
