@@ -116,6 +116,7 @@ class Analysis:
     pads: dict[str, tuple[np.ndarray, np.ndarray]]
     frozen_reasons: list[FrozenReason]
     edits: dict[str, list[Callable]] = field(default_factory=dict)
+    subsets: list[np.ndarray] = field(default_factory=list)
     _class_positions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def roots(self, elems: np.ndarray) -> np.ndarray:
@@ -169,6 +170,7 @@ class Analyzer:
         self.attr_slices: dict[str, tuple[int, np.ndarray]] = {}
         self.shape_edits: dict[str, str] = {}
         self.pads: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.subsets: list[np.ndarray] = []  # channel ranges and split pieces: each keeps a channel
         self.frozen: list[tuple[np.ndarray, FrozenReason]] = []
         self.mixing: list[tuple[np.ndarray, FrozenReason]] = []
         self.edits: dict[str, list[Callable]] = {}
@@ -350,6 +352,7 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
         pads=an.pads,
         frozen_reasons=[r for _, r in an.frozen],
         edits=an.edits,
+        subsets=an.subsets,
     )
 
 

@@ -695,6 +695,10 @@ def getitem_rule(an, node):
         if any(not _is_unit_slice(item) or lay.elems_along(axis, shape) is None for _, item, axis in restricted):
             return an.opaque(node, "indexing selects channels other than by a range")
         an.add_edit(node, _rewrite_channel_ranges)  # x[:, :k] (GhostNet): the range shrinks to its kept channels
+        out = reshape_rule(an, node)
+        if isinstance(out, Layout):
+            an.subsets.append(out.all_elems())  # an empty range would leave ops a tensor of no channels
+        return out
     return reshape_rule(an, node)
 
 
@@ -762,6 +766,7 @@ def split_rule(an, node):
     parts = np.split(elems, np.cumsum(sizes)[:-1])
     if isinstance(amount, (list, tuple)):
         an.shape_edits[node.name] = "split_sections"
+        an.subsets.extend(parts)  # pieces of their own sizes: none may end with no channel
     else:
         for p in parts[1:]:
             an.unify(parts[0], p)

@@ -156,9 +156,11 @@ def keep_spanning_sides_alive(analysis: Analysis, kept: dict[int, np.ndarray],
                               scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """A layer side whose channels come from several groups (a conv reading a concatenation of two groups'
     channels) vanishes if every group drops its part, which :func:`keep_every_layer_alive` cannot see (it
-    checks one group at a time). Such a side gets back its best class (by the score relative to its
-    group's best, else the first). One numpy pass finds them; they are rare."""
+    checks one group at a time); so does a channel range or split piece (``x[:, 1:3]``) whose channels
+    all go, leaving the ops that read it a tensor of no channels. Each gets back its best class (by the
+    score relative to its group's best, else the first). One numpy pass finds them; they are rare."""
     sides = [e for role in analysis.roles.values() for e in (role.out_elems, role.in_elems) if e is not None and len(e)]
+    sides += [e for e in analysis.subsets if len(e)]
     if not kept or not sides:
         return kept
     keep = kept_mask(analysis, kept)

@@ -701,16 +701,15 @@ class OneChannelPiece(nn.Module):
         return self.c3(torch.cat([self.c2(rest), first], 1))
 
 
-def test_split_sections_count_the_kept_channels_of_one_channel_pieces():
+def test_split_pieces_keep_a_channel_and_their_sections_count_the_kept_ones():
     model = randomize(OneChannelPiece())
     x = torch.randn(2, 3, 8, 8)
-    for weak in (0, 5):  # the one-channel piece's channel goes, then one of the others
-        with torch.no_grad():
-            model.c1.weight.mul_(4.0)
-            model.c1.weight[weak].mul_(0.01)
-        small, _ = prune_and_check(model, x, criterion="l1", ratio=0.2)
-        plan = small.meta["fxprune.plan"].to_dict()["modules"]
-        assert weak not in plan["c1"]["out"] and small(x).shape == (2, 4, 6, 6)
+    with torch.no_grad():  # channel 0 (the one-channel piece) and channel 5 are the weakest
+        model.c1.weight.mul_(4.0)
+        model.c1.weight[[0, 5]] *= 0.01
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.25)  # 6 of 8 kept, then the piece's channel back
+    out = small.meta["fxprune.plan"].to_dict()["modules"]["c1"]["out"]
+    assert 0 in out and 5 not in out and small.c1.out_channels == 7 and small.c2.in_channels == 6
 
 
 class ViewedOneChannelPiece(OneChannelPiece):
@@ -754,3 +753,25 @@ def test_flip_and_repeat_move_the_kept_channels_as_they_move_the_layout():
     assert next(g for g in analysis.groups if ("c2", "out") in g.members).frozen  # repeat by a computed count
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
     assert small.c1.out_channels == 4 and small.c2.in_channels == 8
+
+
+class PooledRange(nn.Module):
+    """A channel range that no layer reads (max-pooled for nothing, as debugging code may): it keeps a channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.head = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.c1(x)
+        F.max_pool2d(x[:, 1:-1], 2)  # max_pool2d fails on a tensor of no channels
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_channel_range_keeps_a_channel_when_its_group_drops_all_of_it():
+    model = randomize(PooledRange())
+    with torch.no_grad():
+        model.c1.weight[1:-1] *= 0.01  # the range's channels are the weakest
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.75)  # 2 of 8 kept: 0 and 7, outside the range
+    assert small.c1.out_channels == 3
