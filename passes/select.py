@@ -107,12 +107,17 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
     return keep_spanning_sides_alive(analysis, kept, scores)
 
 
+def layer_sides(analysis: Analysis) -> list[np.ndarray]:
+    """The elements of every non-empty module side (outputs, then inputs, module by module)."""
+    return [e for role in analysis.roles.values() for e in (role.out_elems, role.in_elems) if e is not None and len(e)]
+
+
 def layer_classes(analysis: Analysis) -> dict[int, list[np.ndarray]]:
     """Per group, the classes each layer side (inputs or outputs) lying wholly in that group touches.
 
     One numpy pass over all sides at once (a loop per side costs more than the work on larger models)."""
     gpos, cpos = analysis.class_positions()
-    sides = [e for role in analysis.roles.values() for e in (role.out_elems, role.in_elems) if e is not None and len(e)]
+    sides = layer_sides(analysis)
     if not sides:
         return {}
     elems, starts, sizes = concat_segments(sides)
@@ -159,8 +164,7 @@ def keep_spanning_sides_alive(analysis: Analysis, kept: dict[int, np.ndarray],
     checks one group at a time); so does a channel range or split piece (``x[:, 1:3]``) whose channels
     all go, leaving the ops that read it a tensor of no channels. Each gets back its best class (by the
     score relative to its group's best, else the first). One numpy pass finds them; they are rare."""
-    sides = [e for role in analysis.roles.values() for e in (role.out_elems, role.in_elems) if e is not None and len(e)]
-    sides += [e for e in analysis.subsets if len(e)]
+    sides = layer_sides(analysis) + [e for e in analysis.subsets if len(e)]
     if not kept or not sides:
         return kept
     keep = kept_mask(analysis, kept)
