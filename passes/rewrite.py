@@ -7,8 +7,9 @@ channel counts (literal view/reshape/expand sizes, pad amounts, split sizes; a s
 that lands on a channel axis whose count changes is replaced by the new count, since it may have
 been read from another tensor, e.g. ``out.reshape(B, P, D)`` with ``D`` the input's width) are
 rewritten. Rules may ask for further node edits (:meth:`~passes.dependency.Analyzer.add_edit`: a
-normalized_shape, a function swapped for one whose channel counts are free). The graph is linted and
-its code generated once.
+normalized_shape, a function swapped for one whose channel counts are free). The code is generated
+once. The graph is linted when a rule edited its nodes; otherwise it is the tracer's graph with new
+int constants in some arguments, and linting it would only re-check torch.fx's own work.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
         for edit in edits:
             edit(root, nodes[name], analysis, keep)
     unshare(root.modules(), deferred)  # after the edits: they may install new modules
-    graph.lint()
+    if analysis.edits:
+        graph.lint()  # rules changed nodes; otherwise the graph is the tracer's with new int constants
     gm = build_graph_module(root, graph, type(analysis.gm).__name__)  # generates the code once
     gm.meta.update(analysis.gm.meta)
     gm.meta["fxprune.plan"] = plan.detached()  # the compact model must not keep the original's weights alive
