@@ -21,8 +21,7 @@ from passes.errors import PlanError
 from passes.plan import Plan, kept_from_plan, make_plan
 from passes.rewrite import rewrite as _rewrite
 from passes.budget import global_keep, search_flops
-from passes.select import (check_ratio, keep_every_layer_alive, keep_spanning_sides_alive, layer_classes,
-                           resolve_ratios, select)
+from passes.select import check_ratio, finish_kept, layer_classes, resolve_ratios, select
 from passes.modes import gc_paused
 from passes.trace import trace as _trace
 from passes.verify import verify_against
@@ -121,15 +120,16 @@ def _network_wide(analysis, crit, ctx, ratio, flops_reduction, global_ratio, rou
     """Budgets that compare groups: a global ranking, or a FLOPs target (see passes.budget)."""
     scores = {gi: np.asarray(crit.score(ctx, g), dtype=np.float64)
               for gi, g in enumerate(analysis.groups) if not g.frozen}
-    if flops_reduction is not None:
-        kept = search_flops(analysis, scores, flops_reduction, global_ratio, round_to)
-    else:
-        if ratio is None:
-            raise PlanError("global_ratio=True needs ratio= (the fraction of all prunable channels to remove)")
-        kept = global_keep(analysis, scores, check_ratio(ratio), round_to)
     layers = layer_classes(analysis)
-    kept = {gi: keep_every_layer_alive(k, scores[gi], layers.get(gi, [])) for gi, k in kept.items()}
-    return keep_spanning_sides_alive(analysis, kept, scores)
+
+    def finish(kept):
+        return finish_kept(analysis, kept, scores, round_to, layers)
+
+    if flops_reduction is not None:
+        return search_flops(analysis, scores, flops_reduction, global_ratio, round_to, finish)
+    if ratio is None:
+        raise PlanError("global_ratio=True needs ratio= (the fraction of all prunable channels to remove)")
+    return finish(global_keep(analysis, scores, check_ratio(ratio), round_to))
 
 
 def _json_safe(d: dict) -> dict:

@@ -13,6 +13,8 @@ per group × kernel taps × output positions, a linear kept outputs × kept inpu
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .dependency import Analysis
@@ -80,17 +82,24 @@ def global_keep(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float,
 
 
 def search_flops(analysis: Analysis, scores: dict[int, np.ndarray], target: float, use_global: bool,
-                 round_to=None) -> dict[int, np.ndarray]:
-    """Bisect the ratio until conv+linear MACs fall by ``target`` (a fraction in (0, 1))."""
+                 round_to=None, finish: Callable[[dict], dict] | None = None) -> dict[int, np.ndarray]:
+    """Bisect the ratio until conv+linear MACs fall by ``target`` (a fraction in (0, 1)).
+
+    ``finish`` maps each candidate's kept sets to the final ones (channels the keep-alive passes give
+    back, round_to), so the MACs measured are those of the plan returned."""
     if not 0.0 < target < 1.0:
         raise PlanError(f"flops_reduction must be a fraction in (0, 1), got {target!r}")
-    keep_fn = global_keep if use_global else uniform_keep
+
+    def keep_at(ratio: float) -> dict[int, np.ndarray]:
+        kept = (global_keep if use_global else uniform_keep)(analysis, scores, ratio, round_to)
+        return finish(kept) if finish is not None else kept
+
     base = conv_linear_macs(analysis, {})
     lo, hi = 0.0, 0.999
     tried: list[tuple[float, dict[int, np.ndarray]]] = []
     for _ in range(30):
         mid = (lo + hi) / 2
-        kept = keep_fn(analysis, scores, mid, round_to)
+        kept = keep_at(mid)
         reduction = 1.0 - conv_linear_macs(analysis, kept) / base
         tried.append((reduction, kept))
         if abs(reduction - target) <= TOLERANCE / 4:
@@ -98,7 +107,7 @@ def search_flops(analysis: Analysis, scores: dict[int, np.ndarray], target: floa
         lo, hi = (mid, hi) if reduction < target else (lo, mid)
     final, best = min(tried, key=lambda t: abs(t[0] - target))
     if abs(final - target) > TOLERANCE:
-        most = 1.0 - conv_linear_macs(analysis, keep_fn(analysis, scores, 0.999, round_to)) / base
+        most = 1.0 - conv_linear_macs(analysis, keep_at(0.999)) / base
         raise PlanError(_unreachable(target, [r for r, _ in tried], most))
     return best
 

@@ -20,7 +20,7 @@ from .layout import concat_segments, uniform_segments, unique_ints
 from .plan import kept_mask
 
 __all__ = ["resolve_ratios", "kept_count", "round_up", "class_step", "select", "check_ratio", "top_k", "keep_every_layer_alive",
-           "keep_spanning_sides_alive", "layer_classes"]
+           "keep_spanning_sides_alive", "layer_classes", "round_kept", "finish_kept"]
 
 
 def check_ratio(r: Any, what: str = "ratio") -> float:
@@ -85,7 +85,6 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
            round_to: int | None = None) -> dict[int, np.ndarray]:
     """Kept class indices per pruned group. ``ratios=None`` lets the criterion decide (threshold)."""
     kept: dict[int, np.ndarray] = {}
-    layers = layer_classes(analysis)
     if ratios is None:
         for gi, g in enumerate(analysis.groups):
             if g.frozen:
@@ -93,9 +92,8 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
             k = criterion.decide(ctx, g)
             if k is None:
                 raise PlanError(f"criterion {criterion.name!r} needs a ratio budget (ratio=...)")
-            k = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
-            kept[gi] = keep_every_layer_alive(k, None, layers.get(gi, []))
-        return keep_spanning_sides_alive(analysis, kept, {})
+            kept[gi] = np.asarray(sorted(k), dtype=np.int64) if len(k) else np.array([0])
+        return finish_kept(analysis, kept, _rounding_scores(analysis, criterion, ctx, kept, round_to), round_to)
     scores: dict[int, np.ndarray] = {}
     for gi, r in ratios.items():
         g = analysis.groups[gi]
@@ -103,8 +101,49 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
         if k >= g.n_classes:
             continue
         scores[gi] = np.asarray(criterion.score(ctx, g), dtype=np.float64)
-        kept[gi] = keep_every_layer_alive(top_k(scores[gi], k), scores[gi], layers.get(gi, []))
-    return keep_spanning_sides_alive(analysis, kept, scores)
+        kept[gi] = top_k(scores[gi], k)
+    return finish_kept(analysis, kept, scores, round_to)
+
+
+def finish_kept(analysis: Analysis, kept: dict[int, np.ndarray], scores: dict[int, np.ndarray],
+                round_to: int | None = None, layers: dict[int, list[np.ndarray]] | None = None) -> dict[int, np.ndarray]:
+    """The last steps of every budget: no layer side, channel range or split piece is left without
+    channels (:func:`keep_every_layer_alive`, :func:`keep_spanning_sides_alive`), then ``round_to``
+    (:func:`round_kept`). A budget measured on the kept sets (a FLOPs target) measures them after this.
+    ``layers``: :func:`layer_classes`, for a caller finishing many candidate sets."""
+    layers = layer_classes(analysis) if layers is None else layers
+    kept = {gi: keep_every_layer_alive(k, scores.get(gi), layers.get(gi, [])) for gi, k in kept.items()}
+    return round_kept(analysis, keep_spanning_sides_alive(analysis, kept, scores), scores, round_to)
+
+
+def round_kept(analysis: Analysis, kept: dict[int, np.ndarray], scores: dict[int, np.ndarray],
+               round_to: int | None) -> dict[int, np.ndarray]:
+    """Each group's kept count up to a multiple of ``round_to`` channels again, with its best unkept classes.
+
+    The keep-alive passes give a class back to a group now and then, and a criterion deciding by
+    threshold counts what it counts; adding classes never empties a layer, so this comes last."""
+    if not round_to or round_to <= 1:
+        return kept
+    out = dict(kept)
+    for gi, k in kept.items():
+        n = analysis.groups[gi].n_classes
+        extra = round_up(len(k), n, class_step(analysis, gi, round_to)) - len(k)
+        if extra > 0:
+            free = np.setdiff1d(np.arange(n), k)
+            if gi in scores:
+                free = free[np.argsort(-scores[gi][free], kind="stable")]
+            out[gi] = np.sort(np.concatenate([k, free[:extra]]))
+    return out
+
+
+def _rounding_scores(analysis, criterion, ctx, kept, round_to) -> dict[int, np.ndarray]:
+    """Scores to pick the classes that round a threshold decision up: the criterion's own where it scores."""
+    if not round_to or round_to <= 1:
+        return {}
+    try:
+        return {gi: np.asarray(criterion.score(ctx, analysis.groups[gi]), dtype=np.float64) for gi in kept}
+    except TypeError:  # a criterion that only decides: the lowest indices
+        return {}
 
 
 def layer_sides(analysis: Analysis) -> list[np.ndarray]:

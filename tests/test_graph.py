@@ -34,6 +34,17 @@ def test_small_maps_hash_k_by_k_bits():
     assert phash_bits(torch.randn(2, 4, 4, 4)).shape == (2, 4, 16)
 
 
+def test_maps_shorter_than_wide_hash_their_h_by_k_block():
+    """A 4 x 16 map has 4 rows of DCT coefficients: its hash is the 4 x 8 low block (it failed to reshape)."""
+    assert phash_bits(torch.randn(2, 3, 4, 16)).shape == (2, 3, 32)
+    assert phash_bits(torch.randn(2, 3, 16, 4)).shape == (2, 3, 32)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 6))
+    x = torch.randn(4, 3, 4, 16)
+    small = fxprune.prune(net, x, criterion="graph", threshold=0.7, data=[(x,)])
+    assert fxprune.verify(net, small, x) <= 1e-5
+
+
 def test_decompose_keeps_max_l1_of_each_component_and_an_independent_set():
     sim = np.zeros((6, 6))
     for i, j in [(0, 1), (1, 2), (0, 2), (3, 4)]:

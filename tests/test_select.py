@@ -167,3 +167,36 @@ def test_a_layer_reading_several_groups_keeps_a_channel_when_each_group_drops_it
     assert small.c.in_channels >= 1
     if not budget.get("global_ratio"):  # each group keeps 2 of 4; each range a[:, :1], b[:, :1] gets its channel back
         assert (small.a.out_channels, small.b.out_channels, small.c.in_channels) == (3, 3, 2)
+
+
+class _RangeReader(torch.nn.Module):
+    """conv a (16 channels) feeds a head and, through the range a[:, 0:2], a second conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.d = torch.nn.Conv2d(2, 4, 1)
+        self.head = torch.nn.Linear(20, 5)
+        with torch.no_grad():
+            self.a.weight[:2] *= 1e-3  # the range's two channels score lowest
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.head(torch.cat([self.d(y[:, 0:2]), y], dim=1).mean((2, 3)))
+
+
+def test_round_to_holds_after_a_range_gets_a_channel_back():
+    """ratio 0.5, round_to=4: the range's channels both go, one comes back (9 kept); rounding makes it 12."""
+    model = _RangeReader()
+    small, _ = prune_and_check(model, X32, criterion="l1", ratio={"a": 0.5}, round_to=4)
+    kept = small.meta["fxprune.plan"].modules["a"]["out"]
+    assert len(kept) == 12 and small.d.in_channels >= 1
+
+
+def test_round_to_applies_to_threshold_decisions():
+    """The graph criterion decides its kept counts by threshold; round_to still rounds them."""
+    model = randomize(get_model("resnet20"))
+    small, _ = prune_and_check(model, X32, criterion="graph", threshold=0.5, round_to=4, data=[(X32,)])
+    pruned = [m for n, m in small.named_modules() if isinstance(m, torch.nn.Conv2d)
+              and m.out_channels != model.get_submodule(n).out_channels]
+    assert pruned and all(m.out_channels % 4 == 0 for m in pruned)

@@ -38,13 +38,15 @@ DEFAULT_SAMPLES = 100
 
 
 def phash_bits(maps: torch.Tensor) -> np.ndarray:
-    """(T, C, H, W) feature maps -> (T, C, k*k) boolean perceptual hashes."""
+    """(T, C, H, W) feature maps -> (T, C, kh*kw) boolean perceptual hashes of the low kh x kw DCT block,
+    kh = min(8, H), kw = min(8, W). The seed takes k = min(8, W) for both sides (square maps); a map
+    shorter than it is wide has only H rows of coefficients, so its block is H x k."""
     x = maps.detach().cpu().numpy()
-    k = min(8, x.shape[-1])
+    kh, kw = min(8, x.shape[-2]), min(8, x.shape[-1])
     d = scipy.fft.dct(scipy.fft.dct(x, type=2, axis=-2), type=2, axis=-1)
-    low = d[..., :k, :k]
+    low = d[..., :kh, :kw]
     bits = low >= low.mean(axis=(-2, -1), keepdims=True)
-    return bits.reshape(*x.shape[:2], k * k)
+    return bits.reshape(*x.shape[:2], kh * kw)
 
 
 def similarity(bits: np.ndarray) -> np.ndarray:
