@@ -118,6 +118,7 @@ class Analysis:
     edits: dict[str, list[Callable]] = field(default_factory=dict)
     subsets: list[np.ndarray] = field(default_factory=list)
     _class_positions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _per_class: dict[int, frozenset[int]] | None = field(default=None, repr=False, compare=False)
 
     def roots(self, elems: np.ndarray) -> np.ndarray:
         return self.root_of[np.asarray(elems, dtype=np.int64)]
@@ -133,6 +134,23 @@ class Analysis:
             gpos.flags.writeable = cpos.flags.writeable = False
             self._class_positions = gpos, cpos
         return self._class_positions
+
+    def channels_per_class(self) -> dict[int, frozenset[int]]:
+        """Per group, how many channels of one class each producing layer writes (a grouped conv's class
+        is a whole group of its channels), for the producers writing as many for every class; computed once."""
+        if self._per_class is None:
+            gpos, _ = self.class_positions()
+            found: dict[int, set[int]] = {}
+            for role in self.roles.values():
+                if role.kind in PRODUCER_KINDS and role.out_elems is not None and len(role.out_elems):
+                    roots = self.roots(role.out_elems)
+                    groups = gpos[roots]
+                    for gi in np.unique(groups).tolist():
+                        counts = np.unique(roots[groups == gi], return_counts=True)[1]
+                        if (counts == counts[0]).all():
+                            found.setdefault(gi, set()).add(int(counts[0]))
+            self._per_class = {gi: frozenset(s) for gi, s in found.items()}
+        return self._per_class
 
     def mixing_groups(self) -> list[int]:
         """Prunable groups whose pruning only approximates the masked original (see ChannelGroup)."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .criteria import Criterion, ScoringContext
-from .dependency import PRODUCER_KINDS, Analysis
+from .dependency import Analysis
 from .errors import PlanError
 from .layout import concat_segments, uniform_segments, unique_ints
 from .plan import kept_mask
@@ -41,20 +41,13 @@ def round_up(k: int, n: int, step: int | None) -> int:
 
 
 def class_step(analysis: Analysis, gi: int, round_to: int | None) -> int | None:
-    """``round_to`` counts channels; a class may hold several (a whole group of a grouped conv), so
-    round the number of classes to round_to / gcd(round_to, channels per class)."""
+    """``round_to`` counts channels; a class may hold several (a whole group of a grouped conv), so a
+    producer writing c channels per class needs a multiple of round_to / gcd(round_to, c) classes; the
+    step is the least common multiple over the group's producers (they may write different counts)."""
     if not round_to or round_to <= 1:
         return round_to
-    gpos, _ = analysis.class_positions()
-    for role in analysis.roles.values():
-        if role.kind in PRODUCER_KINDS and role.out_elems is not None:
-            roots = analysis.roots(role.out_elems)
-            mine = roots[gpos[roots] == gi]
-            if mine.size:
-                per_class = np.unique(mine, return_counts=True)[1]
-                if (per_class == per_class[0]).all():
-                    return round_to // math.gcd(round_to, int(per_class[0]))
-    return round_to
+    steps = {round_to // math.gcd(round_to, c) for c in analysis.channels_per_class().get(gi, ())}
+    return math.lcm(*steps) if steps else round_to
 
 
 def resolve_ratios(analysis: Analysis, ratio: float | dict[str, float]) -> dict[int, float]:

@@ -200,3 +200,24 @@ def test_round_to_applies_to_threshold_decisions():
     pruned = [m for n, m in small.named_modules() if isinstance(m, torch.nn.Conv2d)
               and m.out_channels != model.get_submodule(n).out_channels]
     assert pruned and all(m.out_channels % 4 == 0 for m in pruned)
+
+
+class _GroupedAfterStem(torch.nn.Module):
+    """A grouped conv (2 inputs, 1 output per group) shares a class with two stem channels: the stem writes
+    2 channels per class, the grouped conv 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.g = torch.nn.Conv2d(8, 4, 3, padding=1, groups=4)
+        self.head = torch.nn.Linear(12, 6)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self.head(torch.cat([s.mean((2, 3)), self.g(s).mean((2, 3))], 1))
+
+
+def test_round_to_holds_for_every_producer_of_a_group():
+    small, _ = prune_and_check(_GroupedAfterStem(), X32, criterion="l1", ratio=0.6, round_to=2)
+    assert small.stem.out_channels % 2 == 0 and small.g.out_channels % 2 == 0
+    assert small.g.out_channels < 4
