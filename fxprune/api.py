@@ -17,7 +17,7 @@ from torch import nn
 
 from passes import criteria as _criteria
 from passes.dependency import Analysis, analyze as _analyze
-from passes.errors import PlanError
+from passes.errors import PlanError, VerificationError
 from passes.plan import Plan, kept_from_plan, make_plan
 from passes.rewrite import rewrite as _rewrite
 from passes.budget import global_keep, search_flops
@@ -183,7 +183,16 @@ def verify(original: nn.Module, small: torch.fx.GraphModule, example_inputs=None
         shapes = p.options.get("input_shape") or [[1, 3, 224, 224]]
         example_inputs = tuple(torch.randn(*s) for s in shapes)
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    return verify_against(original, small, p.modules, inputs, rtol)
+    try:
+        return verify_against(original, small, p.modules, inputs, rtol)
+    except VerificationError as e:
+        mixing = [g for g in p.groups if g.get("mixing")]
+        if not mixing:
+            raise
+        first = ", ".join(f"{m}.{io}" for m, io in mixing[0]["members"][:3])
+        raise VerificationError(f"{e}. The plan prunes {len(mixing)} group(s) through channel-mixing ops (e.g. "
+                                f"{first}), where the compact model only approximates the masked original; "
+                                "plan with strict=True for an exact match") from e
 
 
 def criteria() -> list[str]:

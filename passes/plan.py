@@ -66,7 +66,8 @@ class Plan:
         lines = [f"Plan: {len(self.groups)} pruned groups, {len(self.modules)} modules change"]
         for g in self.groups:
             mem = ", ".join(f"{m}.{io}" for m, io in g["members"][:4])
-            lines.append(f"  keep {len(g['keep'])}/{g['channels']}: {mem}{' ...' if len(g['members']) > 4 else ''}")
+            mixing = " (mixing: approximated)" if g.get("mixing") else ""
+            lines.append(f"  keep {len(g['keep'])}/{g['channels']}: {mem}{' ...' if len(g['members']) > 4 else ''}{mixing}")
         return "\n".join(lines)
 
 
@@ -121,6 +122,7 @@ def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str
                     "members": [list(m) for m in g.members],
                     "channels": int(g.n_classes),
                     "keep": sorted(np.asarray(k, dtype=np.int64).tolist()),
+                    "mixing": g.mixing,  # pruned through a channel-mixing op: the compact model approximates
                 }
             )
     return Plan(modules=modules, groups=groups, options=options, analysis=analysis, kept=kept, positions=positions)

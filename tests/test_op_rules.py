@@ -35,6 +35,8 @@ def _mixing_check(model, x, **kwargs):
     assert any(g.mixing for g in _pruned_groups(analysis, small))
     strict, err = prune_and_check(model, x, criterion="l1", ratio=0.5, strict=True, **kwargs)
     assert not any(g.mixing for g in _pruned_groups(analysis, strict))
+    assert any(g["mixing"] for g in small.meta["fxprune.plan"].to_dict()["groups"])  # the plan says so itself
+    assert not any(g["mixing"] for g in strict.meta["fxprune.plan"].to_dict()["groups"])
     analysis = fxprune.analyze(model, x, strict=True)
     assert not analysis.mixing_groups()
     return small, strict
@@ -88,6 +90,8 @@ def test_layernorm_over_channels_is_mixing_and_sliced():
     assert torch.equal(small.norm.weight, model.norm.weight[keep])
     assert torch.equal(small.norm2d.weight, model.norm2d.weight[keep])  # F.layer_norm's get_attr weight
     assert "stem" not in strict.meta["fxprune.plan"].modules  # frozen by strict
+    with pytest.raises(fxprune.VerificationError, match=r"channel-mixing ops \(e\.g\. .*strict=True"):
+        fxprune.verify(model, small, x)
     assert strict.fc1.out_features == 16  # the MLP hidden width is still pruned exactly
 
 
