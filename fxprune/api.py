@@ -21,7 +21,7 @@ from passes.errors import PlanError, VerificationError
 from passes.plan import Plan, kept_from_plan, make_plan
 from passes.rewrite import rewrite as _rewrite
 from passes.budget import global_keep, search_flops
-from passes.select import check_ratio, finish_kept, layer_classes, resolve_ratios, select
+from passes.select import check_ratio, finish_kept, resolve_ratios, select
 from passes.modes import gc_paused
 from passes.trace import trace as _trace
 from passes.verify import verify_against
@@ -120,10 +120,9 @@ def _network_wide(analysis, crit, ctx, ratio, flops_reduction, global_ratio, rou
     """Budgets that compare groups: a global ranking, or a FLOPs target (see passes.budget)."""
     scores = {gi: np.asarray(crit.score(ctx, g), dtype=np.float64)
               for gi, g in enumerate(analysis.groups) if not g.frozen}
-    layers = layer_classes(analysis)
 
     def finish(kept):
-        return finish_kept(analysis, kept, scores, round_to, layers)
+        return finish_kept(analysis, kept, scores, round_to)
 
     if flops_reduction is not None:
         return search_flops(analysis, scores, flops_reduction, global_ratio, round_to, finish)

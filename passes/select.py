@@ -99,14 +99,18 @@ def select(analysis: Analysis, criterion: Criterion, ctx: ScoringContext, ratios
 
 
 def finish_kept(analysis: Analysis, kept: dict[int, np.ndarray], scores: dict[int, np.ndarray],
-                round_to: int | None = None, layers: dict[int, list[np.ndarray]] | None = None) -> dict[int, np.ndarray]:
+                round_to: int | None = None) -> dict[int, np.ndarray]:
     """The last steps of every budget: no layer side, channel range or split piece is left without
     channels (:func:`keep_every_layer_alive`, :func:`keep_spanning_sides_alive`), then ``round_to``
     (:func:`round_kept`). A budget measured on the kept sets (a FLOPs target) measures them after this.
-    ``layers``: :func:`layer_classes`, for a caller finishing many candidate sets."""
-    layers = layer_classes(analysis) if layers is None else layers
-    kept = {gi: keep_every_layer_alive(k, scores.get(gi), layers.get(gi, [])) for gi, k in kept.items()}
-    return round_kept(analysis, keep_spanning_sides_alive(analysis, kept, scores), scores, round_to)
+    Dead sides are rare: one numpy pass looks for any before the per-group passes run."""
+    kept = {gi: unique_ints(np.asarray(k, dtype=np.int64)) for gi, k in kept.items()}
+    sides = _checked_sides(analysis)
+    if kept and sides and _dead_sides(kept_mask(analysis, kept), sides):
+        layers = layer_classes(analysis)
+        kept = {gi: keep_every_layer_alive(k, scores.get(gi), layers.get(gi, [])) for gi, k in kept.items()}
+        kept = keep_spanning_sides_alive(analysis, kept, scores)
+    return round_kept(analysis, kept, scores, round_to)
 
 
 def round_kept(analysis: Analysis, kept: dict[int, np.ndarray], scores: dict[int, np.ndarray],
@@ -196,12 +200,11 @@ def keep_spanning_sides_alive(analysis: Analysis, kept: dict[int, np.ndarray],
     checks one group at a time); so does a channel range or split piece (``x[:, 1:3]``) whose channels
     all go, leaving the ops that read it a tensor of no channels. Each gets back its best class (by the
     score relative to its group's best, else the first). One numpy pass finds them; they are rare."""
-    sides = layer_sides(analysis) + [e for e in analysis.subsets if len(e)]
+    sides = _checked_sides(analysis)
     if not kept or not sides:
         return kept
     keep = kept_mask(analysis, kept)
-    elems, starts, _ = concat_segments(sides)
-    dead = np.flatnonzero(~np.logical_or.reduceat(keep[elems], starts)).tolist()
+    dead = _dead_sides(keep, sides)
     if not dead:
         return kept
     kept = dict(kept)
@@ -217,6 +220,17 @@ def keep_spanning_sides_alive(analysis: Analysis, kept: dict[int, np.ndarray],
         kept[g] = unique_ints(np.append(kept[g], c))
         keep |= analysis.root_of == best
     return kept
+
+
+def _checked_sides(analysis: Analysis) -> list[np.ndarray]:
+    """Every element set that must keep a channel: the layer sides, then the channel ranges and split pieces."""
+    return layer_sides(analysis) + [e for e in analysis.subsets if len(e)]
+
+
+def _dead_sides(keep: np.ndarray, sides: list[np.ndarray]) -> list[int]:
+    """Indices of the ``sides`` none of whose elements ``keep`` keeps (one pass over all of them)."""
+    elems, starts, _ = concat_segments(sides)
+    return np.flatnonzero(~np.logical_or.reduceat(keep[elems], starts)).tolist()
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
