@@ -59,16 +59,7 @@ class ResNetProj(nn.Module):
 
     def __init__(self, depth, num_classes=10):
         super().__init__()
-        n = _blocks_per_stage(depth)
-        self.conv1 = conv3x3(3, 16)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
-        cin = 16
-        for s, w in enumerate(WIDTHS, start=1):
-            stride = 1 if s == 1 else 2
-            blocks = [ProjBlock(cin if b == 0 else w, w, stride if b == 0 else 1) for b in range(n)]
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
-            cin = w
+        _add_stem_and_stages(self, ProjBlock, depth)
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(64, num_classes)
         _init(self)
@@ -126,16 +117,7 @@ class ResNetOptionA(nn.Module):
 
     def __init__(self, depth, num_classes=10, fc_name="fc"):
         super().__init__()
-        n = _blocks_per_stage(depth)
-        self.conv1 = conv3x3(3, 16)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
-        cin = 16
-        for s, w in enumerate(WIDTHS, start=1):
-            stride = 1 if s == 1 else 2
-            blocks = [OptionABlock(cin if b == 0 else w, w, stride if b == 0 else 1) for b in range(n)]
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
-            cin = w
+        _add_stem_and_stages(self, OptionABlock, depth)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc_name = fc_name
         setattr(self, fc_name, nn.Linear(64, num_classes))
@@ -153,6 +135,21 @@ def _blocks_per_stage(depth):
     if (depth - 2) % 6 != 0:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     return (depth - 2) // 6
+
+
+def _add_stem_and_stages(model, block, depth):
+    """The layout both families share: a conv1/bn1/relu stem, then ``layer1..3`` of ``block``s
+    (16/32/64 wide; the first block of stages 2 and 3 halves the resolution)."""
+    n = _blocks_per_stage(depth)
+    model.conv1 = conv3x3(3, 16)
+    model.bn1 = nn.BatchNorm2d(16)
+    model.relu = nn.ReLU()
+    cin = 16
+    for s, w in enumerate(WIDTHS, start=1):
+        stride = 1 if s == 1 else 2
+        blocks = [block(cin if b == 0 else w, w, stride if b == 0 else 1) for b in range(n)]
+        setattr(model, f"layer{s}", nn.Sequential(*blocks))
+        cin = w
 
 
 def _proj(depth):
