@@ -5,7 +5,8 @@
     fxprune.verify(model, small)          # the compact model equals the masked original
     fxprune.report(model, small)          # params and MACs before/after
 """
-from passes.errors import FxPruneError, PlanError, UnsupportedOpError, UntraceableModelError, VerificationError
+from passes.errors import (FxPruneError, PlanError, UnsupportedOpError, UntraceableModelError,
+                          VacuousVerificationWarning, VerificationError)
 from passes.plan import Plan
 
 from .api import analyze, apply, criteria, plan, prune, register_criterion, verify
@@ -16,6 +17,6 @@ from .soft import SoftFilterPruning
 __all__ = [
     "prune", "plan", "apply", "analyze", "verify", "report", "export", "save", "load", "criteria",
     "register_criterion", "SoftFilterPruning", "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError",
-    "VerificationError",
+    "VerificationError", "VacuousVerificationWarning",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """One error hierarchy, so callers can catch fxprune's failures without catching torch's."""
 
-__all__ = ["FxPruneError", "UntraceableModelError", "UnsupportedOpError", "PlanError", "VerificationError"]
+__all__ = ["FxPruneError", "UntraceableModelError", "UnsupportedOpError", "PlanError", "VerificationError",
+           "VacuousVerificationWarning"]
 
 
 class FxPruneError(Exception):
@@ -21,3 +22,8 @@ class PlanError(FxPruneError, ValueError):
 
 class VerificationError(FxPruneError, AssertionError):
     """The compact model does not compute what the masked original computes."""
+
+
+class VacuousVerificationWarning(UserWarning):
+    """Verify passed, but the original's output barely depends on its input, so the check proves little
+    (an untrained model whose activations vanish through default BatchNorm statistics, say)."""

@@ -5,21 +5,31 @@ linear layers see zeros on the input channels the plan removes (temporary forwar
 removed afterwards, so the user's model is left as it was without paying for a copy of it). In
 float32 the relative error must stay within ``rtol`` (1e-5); otherwise the error names the first
 module whose outputs diverge.
+
+A pass proves little when the original's output hardly depends on its input (a randomly initialized
+deep network with default BatchNorm statistics: the activations vanish and the output is the last
+bias), since then any compact model passes. So a passing check also runs the original on a second,
+random input and warns (VacuousVerificationWarning) when the output barely moves.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from .errors import VerificationError
+from .errors import VacuousVerificationWarning, VerificationError
 from .modes import eval_mode
 
 __all__ = ["masked_reference", "verify_against", "main_output"]
 
 MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+#: A pass is vacuous when the output moves by less than this many ``rtol`` between two random inputs: an
+#: error in the input-dependent part of the output as large as 1/this of it would then go unseen.
+SENSITIVITY_MARGIN = 100
 
 
 @contextlib.contextmanager
@@ -84,8 +94,34 @@ def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dic
         if err > rtol:
             where = first_divergence(ref, small, modules, inputs, rtol)
             raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; {where}")
+        _warn_if_vacuous(ref, a, inputs, rtol)
     return err
 
+
+def _warn_if_vacuous(ref: nn.Module, out: torch.Tensor, inputs: tuple, rtol: float) -> None:
+    """Warn when ``ref``'s output on another random input differs from ``out`` by too little for the
+    comparison to mean anything (see the module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    other = tuple(_another_input(t, g) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                  for t in inputs)
+    if all(o is t for o, t in zip(other, inputs)):
+        return  # no float input to vary (token ids, say)
+    moved = relative_error(out, main_output(ref(*other)))
+    if moved < SENSITIVITY_MARGIN * rtol:
+        warnings.warn(VacuousVerificationWarning(
+            f"verify passed, but the original's output changes by only {moved:.1e} (relative) between two random "
+            "inputs, so this check cannot tell a wrong compact model from a right one: its activations vanish "
+            "(a randomly initialized network with default BatchNorm statistics, say). Verify a trained model, or "
+            "one whose BatchNorm statistics a few train-mode forward passes have set."), stacklevel=4)
+
+
+
+def _another_input(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A standard-normal tensor shaped like ``t`` and different from it (``t`` may be the same draw)."""
+    while True:
+        other = torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)
+        if not torch.equal(other, t):
+            return other
 
 def first_divergence(ref: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float) -> str:
     """Name the first parameterized module (in execution order) whose kept outputs differ."""

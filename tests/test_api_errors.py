@@ -145,6 +145,31 @@ def test_verify_names_the_first_diverging_module(model):
         fxprune.verify(model, small, X)
 
 
+def test_verify_warns_when_the_originals_output_ignores_its_input():
+    """Activations that vanish (here: huge BN variances) leave the output equal to the last bias, and then a
+    wrong compact model passes too: verify must say that its pass means nothing."""
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        for bn in (net[1], net[4]):
+            bn.running_var.fill_(1e12)  # each BN scales its input by 1e-6
+        net[-1].bias.fill_(1.0)
+    small = fxprune.prune(net, X, criterion="l1", ratio=0.5)
+    with torch.no_grad():
+        small.get_submodule("3").weight.mul_(2.0)  # wrong, yet within 1e-5 of the masked original
+    with pytest.warns(fxprune.VacuousVerificationWarning, match="changes by only"):
+        assert fxprune.verify(net, small, X) <= 1e-5
+
+
+def test_verify_does_not_warn_on_a_network_that_carries_signal(model):
+    import warnings
+
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxprune.VacuousVerificationWarning)
+        fxprune.verify(model, small, X)
+
+
 def test_first_diverging_module_is_found_behind_in_place_residual_adds():
     """torchvision's ResNet adds the shortcut in place (``out += identity``) into the last BN's output: the
     locator must compare what each module returned, not what later in-place ops made of it."""
