@@ -19,7 +19,8 @@ masked original, and the float32 gap is the network's conditioning, not the prun
 
 Nothing is skipped: every model runs here on CPU. Auxiliary heads (GoogLeNet, Inception v3) exist
 only in training mode; the models are traced in eval mode, so the heads are not in the graph and are
-not pruned (they are dropped from the compact GraphModule).
+not pruned (they are dropped from the compact GraphModule); a train-mode GoogLeNet keeps and prunes
+them (the last test).
 """
 import copy
 import gc
@@ -100,3 +101,27 @@ def test_transform_input_variants(name):
     small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
     assert n_params(small) < n_params(model)
     assert verify_model(model, small, x)[0] <= RTOL
+
+
+def test_a_model_in_training_mode_keeps_its_training_graph():
+    """The graph is traced in the mode the model is in: a train-mode GoogLeNet keeps its auxiliary heads
+    (pruned with the rest, trainable with their losses) and returns GoogLeNetOutputs in either mode; its
+    logits equal the masked original's."""
+    import torchvision
+
+    from zoo_models import init_random, skip_default_init
+
+    with skip_default_init():
+        model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    x = example_input("googlenet", batch=2)
+    init_random(model, x).train()
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    assert small.training and model.training
+    pruned = small.meta["fxprune.plan"].modules
+    assert any(name.startswith("aux1.") for name in pruned) and any(name.startswith("aux2.") for name in pruned)
+    assert n_params(small) < n_params(model)
+    assert verify_model(model, small, x)[0] <= RTOL
+    out = small(x)  # train mode: the heads' losses reach their weights
+    (out.logits.sum() + 0.3 * (out.aux_logits1.sum() + out.aux_logits2.sum())).backward()
+    assert small.get_submodule("aux1.fc2").weight.grad is not None
+    assert type(small.eval()(x)).__name__ == "GoogLeNetOutputs"
