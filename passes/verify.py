@@ -115,13 +115,13 @@ def _warn_if_vacuous(ref: nn.Module, out: torch.Tensor, inputs: tuple, rtol: flo
             "one whose BatchNorm statistics a few train-mode forward passes have set."), stacklevel=4)
 
 
-
 def _another_input(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """A standard-normal tensor shaped like ``t`` and different from it (``t`` may be the same draw)."""
     while True:
         other = torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)
         if not torch.equal(other, t):
             return other
+
 
 def first_divergence(ref: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float) -> str:
     """Name the first parameterized module (in execution order) whose kept outputs differ."""

@@ -88,7 +88,6 @@ def prune_and_check(model: nn.Module, x: torch.Tensor, rtol: float = 1e-5, **kwa
     return small, err
 
 
-
 @contextlib.contextmanager
 def rejecting_vacuous_examples():
     """A generated network whose output ignores its input (every activation died) tests nothing, since any
@@ -99,6 +98,7 @@ def rejecting_vacuous_examples():
             yield
         except fxprune.VacuousVerificationWarning:
             hypothesis.reject()
+
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())

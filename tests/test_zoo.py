@@ -27,12 +27,13 @@ import gc
 
 import pytest
 import torch
+import torchvision
 
 import fxprune
 from fxprune import VerificationError
 from passes.plan import kept_from_plan
 from conftest import n_params
-from zoo_models import MODELS, build, example_input
+from zoo_models import MODELS, build, example_input, init_random, skip_default_init
 
 RTOL = 1e-5
 
@@ -54,8 +55,6 @@ def pruned_mixing(analysis, small) -> list[int]:
 
 
 def test_the_zoo_is_every_classification_model():
-    import torchvision
-
     assert MODELS == sorted(torchvision.models.list_models(module=torchvision.models))
     assert len(MODELS) >= 80
 
@@ -89,10 +88,6 @@ def test_zoo_model_prunes(name):
 @pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
 def test_transform_input_variants(name):
     """transform_input=True: channel-wise ops on the (frozen) input channels keep the rest prunable."""
-    import torchvision
-
-    from zoo_models import init_random, skip_default_init
-
     with skip_default_init():
         model = torchvision.models.get_model(name, weights=None, transform_input=True, aux_logits=False,
                                              init_weights=False)
@@ -107,10 +102,6 @@ def test_a_model_in_training_mode_keeps_its_training_graph():
     """The graph is traced in the mode the model is in: a train-mode GoogLeNet keeps its auxiliary heads
     (pruned with the rest, trainable with their losses) and returns GoogLeNetOutputs in either mode; its
     logits equal the masked original's."""
-    import torchvision
-
-    from zoo_models import init_random, skip_default_init
-
     with skip_default_init():
         model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
     x = example_input("googlenet", batch=2)
