@@ -4,6 +4,7 @@ import torch
 
 import fxprune
 from fxprune.models import get_model
+from passes.criteria import graph as graph_criterion
 from passes.select import kept_count
 from conftest import conv_linear_counts, prune_and_check, randomize
 
@@ -200,6 +201,16 @@ def test_round_to_applies_to_threshold_decisions():
     pruned = [m for n, m in small.named_modules() if isinstance(m, torch.nn.Conv2d)
               and m.out_channels != model.get_submodule(n).out_channels]
     assert pruned and all(m.out_channels % 4 == 0 for m in pruned)
+
+
+def test_rounding_a_threshold_decision_decomposes_each_group_once(monkeypatch):
+    """round_to asks the graph criterion to decide and then to score each group: one decomposition serves both."""
+    calls = []
+    real = graph_criterion.monotone_keep
+    monkeypatch.setattr(graph_criterion, "monotone_keep", lambda *a: calls.append(1) or real(*a))
+    model = randomize(get_model("resnet20"))
+    plan = fxprune.plan(model, X32, criterion="graph", threshold=0.5, round_to=4, data=[(X32,)])
+    assert len(calls) == len(plan.groups) > 0
 
 
 class _GroupedAfterStem(torch.nn.Module):

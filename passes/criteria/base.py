@@ -49,6 +49,7 @@ class ScoringContext:
     _observed: dict[tuple[str, str], np.ndarray | torch.Tensor] = field(default_factory=dict)
     _prefetched: set[str] = field(default_factory=set)
     _producers: dict[str, tuple] | None = None
+    _remembered: dict[tuple, Any] = field(default_factory=dict)
 
     # ---- group structure ------------------------------------------------------------------------
     def producers(self, group: ChannelGroup) -> list[Producer]:
@@ -97,6 +98,13 @@ class ScoringContext:
             hit = unique_ints(p.classes[todo])
             scores[hit] = sums[hit]
         return np.nan_to_num(scores, nan=-np.inf)
+
+    def remember(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per context and key: a criterion asked both to decide and to score a
+        group (a threshold rounded by ``round_to``) does its expensive work once."""
+        if key not in self._remembered:
+            self._remembered[key] = compute()
+        return self._remembered[key]
 
     # ---- calibration data ---------------------------------------------------------------------
     def batches(self, max_samples: int) -> Iterable[tuple]:

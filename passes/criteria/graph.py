@@ -129,7 +129,11 @@ class Graph(Criterion):
         return rank + l1 / (np.abs(l1).max() + 1e-12) * 0.5
 
     def _run(self, ctx: ScoringContext, group):
+        """(kept, removal round per class), decomposed once per group even when both asked for."""
         threshold = float(ctx.options.get("threshold", 0.7))
+        return ctx.remember((self.name, group.id, threshold), lambda: self._decompose(ctx, group, threshold))
+
+    def _decompose(self, ctx: ScoringContext, group, threshold: float):
         bits = self._class_bits(ctx, group)
         l1 = self._class_l1(ctx, group)
         sim = np.zeros((group.n_classes, group.n_classes))
