@@ -124,11 +124,14 @@ class Report:
         return "\n".join(lines)
 
 
-def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor]:
-    """One 1x3x224x224 zero image on the model's device (zeros: no RNG use)."""
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    return (torch.zeros(1, 3, 224, 224, device=device),)
+def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Zero inputs (no RNG use) on the model's device and in its dtype: of the shapes a pruned model was
+    planned with (its plan's ``input_shape``: a CIFAR model is counted at 32x32), else one 1x3x224x224 image."""
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    like = {} if first is None else {"device": first.device, "dtype": first.dtype}
+    plan = getattr(model, "meta", {}).get("fxprune.plan")
+    shapes = plan.options.get("input_shape") if plan is not None else None
+    return tuple(torch.zeros(*shape, **like) for shape in shapes or [(1, 3, 224, 224)])
 
 
 def as_example_args(model: nn.Module, example_inputs: Any) -> tuple:
@@ -178,7 +181,7 @@ def _count_macs(model: nn.Module, args: tuple) -> dict[str, int]:
 
 
 def count(model: nn.Module, example_inputs: Any = None) -> Counts:
-    """Count params and MACs of ``model`` on ``example_inputs`` (default 1x3x224x224)."""
+    """Count params and MACs of ``model`` on ``example_inputs`` (default: see default_example_inputs)."""
     args = as_example_args(model, example_inputs)
     params, params_cl = _count_params(model)
     by_op = _count_macs(model, args)
@@ -191,7 +194,7 @@ def report(original: nn.Module, small: nn.Module, example_inputs: Any = None, pr
 
     This is a user-facing function, hence ``print`` (only when ``print_table``).
     """
-    args = as_example_args(original, example_inputs)
+    args = as_example_args(small, example_inputs)  # by default, the shapes ``small`` was pruned for
     result = Report(before=count(original, args), after=count(small, args))
     if print_table:
         print(result)

@@ -8,7 +8,10 @@ import torch
 import torchvision
 from torch import fx, nn
 
+import fxprune
+from fxprune.models import get_model
 from fxprune.report import Counts, Report, count, human, report
+from conftest import randomize
 
 
 class TwoLayer(nn.Module):
@@ -144,3 +147,12 @@ def test_default_input_is_224_and_matches_published_resnet18():
     assert r.before.params == 11_689_512
     assert r.before.macs_conv_linear == 1_813_561_344 + 512_000
     assert r.flops_reduction_pct == 0.0 and r.params_reduction_pct == 0.0
+
+
+def test_default_input_is_what_the_model_was_pruned_for_in_its_dtype():
+    """A CIFAR model pruned at 32x32 is counted at 32x32; a bfloat16 model gets bfloat16 inputs."""
+    model = randomize(get_model("resnet20")).to(torch.bfloat16)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    by_default = report(model, small, print_table=False).to_dict()
+    assert by_default == report(model, small, x, print_table=False).to_dict()
