@@ -173,14 +173,17 @@ def prune(model: nn.Module, example_inputs=None, **kwargs) -> torch.fx.GraphModu
 def verify(original: nn.Module, small: torch.fx.GraphModule, example_inputs=None, rtol: float = 1e-5) -> float:
     """Relative error of ``small`` against ``original`` with the removed channels masked out.
 
-    Raises VerificationError naming the first diverging module when it exceeds ``rtol``.
+    Raises VerificationError naming the first diverging module when it exceeds ``rtol``. Without
+    ``example_inputs``, random float32 inputs of the plan's input shape on the model's device; a
+    half-precision model is checked on float32 copies (:mod:`passes.verify`).
     """
     p = small.meta.get("fxprune.plan") if hasattr(small, "meta") else None
     if p is None:
         raise PlanError("this model has no fxprune plan (small.meta['fxprune.plan']); pass a model from fxprune.prune")
     if example_inputs is None:
         shapes = p.options.get("input_shape") or [[1, 3, 224, 224]]
-        example_inputs = tuple(torch.randn(*s) for s in shapes)
+        device = next((t.device for t in small.parameters()), None)  # a model on a GPU gets its inputs there
+        example_inputs = tuple(torch.randn(*s, device=device) for s in shapes)
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     try:
         return verify_against(original, small, p.modules, inputs, rtol)

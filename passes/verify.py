@@ -10,10 +10,16 @@ A pass proves little when the original's output hardly depends on its input (a r
 deep network with default BatchNorm statistics: the activations vanish and the output is the last
 bias), since then any compact model passes. So a passing check also runs the original on a second,
 random input and warns (VacuousVerificationWarning) when the output barely moves.
+
+A model held in half precision (float16, bfloat16) is checked on float32 copies of both models: a kernel
+rounds a half-precision sum differently once it sums fewer channels, so a right compact model differs from
+the masked original by ~1e-3 there, while every half-precision weight is exact in float32.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import warnings
 from typing import Any, Iterator
 
@@ -30,6 +36,9 @@ MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 #: A pass is vacuous when the output moves by less than this many ``rtol`` between two random inputs: an
 #: error in the input-dependent part of the output as large as 1/this of it would then go unseen.
 SENSITIVITY_MARGIN = 100
+
+#: Dtypes whose rounding depends on how many channels a kernel sums over (see the module docstring).
+HALF_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @contextlib.contextmanager
@@ -85,6 +94,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple,
                    rtol: float = 1e-5) -> float:
     """Relative error of ``small`` against the masked original; raises VerificationError above rtol."""
+    original, small, inputs = in_float32_if_half(original, small, inputs)
     with masked_reference(original, modules) as ref, eval_mode(small), torch.no_grad():
         a = main_output(ref(*inputs))
         b = main_output(small(*inputs))
@@ -96,6 +106,19 @@ def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dic
             raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; {where}")
         _warn_if_vacuous(ref, a, inputs, rtol)
     return err
+
+
+def in_float32_if_half(original: nn.Module, small: nn.Module, inputs: tuple) -> tuple[nn.Module, nn.Module, tuple]:
+    """float32 copies of both models and of the half-precision inputs when a model holds half-precision
+    tensors (see the module docstring); else the arguments themselves."""
+    if not (_holds_half(original) or _holds_half(small)):
+        return original, small, inputs
+    inputs = tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in HALF_PRECISION else t for t in inputs)
+    return copy.deepcopy(original).float(), copy.deepcopy(small).float(), inputs
+
+
+def _holds_half(model: nn.Module) -> bool:
+    return any(t.dtype in HALF_PRECISION for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def _warn_if_vacuous(ref: nn.Module, out: torch.Tensor, inputs: tuple, rtol: float) -> None:

@@ -145,6 +145,22 @@ def test_verify_names_the_first_diverging_module(model):
         fxprune.verify(model, small, X)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_verify_checks_a_half_precision_model_in_float32(dtype):
+    """Half-precision kernels round differently once they sum fewer channels: verify compares float32 copies,
+    so a right compact model passes at 1e-5, a wrong one is still named, and both models keep their dtype."""
+    model = randomize(get_model("resnet20")).to(dtype)
+    x = X.to(dtype)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.4)
+    assert fxprune.verify(model, small, x) <= 1e-5
+    assert fxprune.verify(model, small) <= 1e-5  # default float32 inputs
+    with torch.no_grad():
+        small.get_submodule("layer2.1.conv1").weight[0] += 1.0
+    with pytest.raises(fxprune.VerificationError, match="first diverging module: 'layer2.1.conv1'"):
+        fxprune.verify(model, small, x)
+    assert {p.dtype for p in model.parameters()} == {p.dtype for p in small.parameters()} == {dtype}
+
+
 def test_verify_warns_when_the_originals_output_ignores_its_input():
     """Activations that vanish (here: huge BN variances) leave the output equal to the last bias, and then a
     wrong compact model passes too: verify must say that its pass means nothing."""

@@ -30,6 +30,31 @@ def test_seed_architectures_l1(name, ratio):
     assert n_params(small) < n_params(model)
 
 
+@pytest.mark.parametrize("criterion", ["graph", "l1", "l2", "bn", "coring", "taylor", "random"])
+def test_every_criterion_prunes_a_bfloat16_model(criterion):
+    """Feature maps and weights of a half-precision model reach numpy (which has no bfloat16) as float32; the
+    float32 batches of a data loader are run in the model's dtype."""
+    model = randomize(get_model("resnet20")).to(torch.bfloat16)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.bfloat16)
+    budget = {"threshold": 0.7} if criterion == "graph" else {"ratio": 0.3}
+    data = [(x.float(), torch.randint(0, 10, (4,)))]
+    small, _ = prune_and_check(model, x, criterion=criterion, data=data, **budget)
+    assert n_params(small) < n_params(model)
+    assert {p.dtype for p in small.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("criterion", ["graph", "taylor", "l1"])
+def test_a_model_on_the_gpu_prunes_with_calibration_batches_on_the_cpu(criterion):
+    model = randomize(torchvision.models.resnet18(num_classes=10)).cuda()
+    x = torch.randn(4, 3, 64, 64)
+    budget = {"threshold": 0.7} if criterion == "graph" else {"ratio": 0.3}
+    small = fxprune.prune(model, x, criterion=criterion, data=[(x, torch.randint(0, 10, (4,)))], **budget)
+    assert next(small.parameters()).is_cuda and n_params(small) < n_params(model)
+    assert fxprune.verify(model, small, x.cuda()) <= 1e-5
+    assert fxprune.verify(model, small) <= 1e-5  # default inputs on the model's device
+
+
 def test_seed_l1_single_layer_keeps_largest_filters():
     """Seed 001: an uncoupled layer keeps exactly its int(N*(1-r)) largest-Σ|w| filters."""
     model = randomize(get_model("vgg16_bn"))

@@ -107,6 +107,14 @@ class ScoringContext:
         return self._remembered[key]
 
     # ---- calibration data ---------------------------------------------------------------------
+    def on_model(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device of the model's weights, a float input in their dtype (a loader yields float32
+        CPU tensors; the model may be on a GPU or in half precision)."""
+        first = next((p for p in self.analysis.gm.parameters() if p.is_floating_point()), None)
+        if first is None:
+            return x
+        return x.to(first.device, first.dtype if x.is_floating_point() else x.dtype)
+
     def batches(self, max_samples: int) -> Iterable[tuple]:
         """Input batches from ``data`` (inputs, or (inputs, targets) pairs), up to max_samples images.
 
@@ -121,14 +129,14 @@ class ScoringContext:
             g = torch.Generator().manual_seed(int(self.options.get("seed", 0)))
             x = self.analysis.inputs[0]
             n = min(max_samples, int(self.options.get("synthetic_samples", 16)))
-            yield (torch.randn((n, *x.shape[1:]), generator=g, dtype=x.dtype),)
+            yield (self.on_model(torch.randn((n, *x.shape[1:]), generator=g, dtype=x.dtype)),)
             return
         seen = 0
         for batch in self.data:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             x = x[: max_samples - seen]
             seen += x.shape[0]
-            yield (x,)
+            yield (self.on_model(x),)
             if seen >= max_samples:
                 return
 

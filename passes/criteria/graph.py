@@ -41,7 +41,8 @@ def phash_bits(maps: torch.Tensor) -> np.ndarray:
     """(T, C, H, W) feature maps -> (T, C, kh*kw) boolean perceptual hashes of the low kh x kw DCT block,
     kh = min(8, H), kw = min(8, W). The seed takes k = min(8, W) for both sides (square maps); a map
     shorter than it is wide has only H rows of coefficients, so its block is H x k."""
-    x = maps.detach().cpu().numpy()
+    x = maps.detach().cpu()
+    x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()  # numpy has no bfloat16
     kh, kw = min(8, x.shape[-2]), min(8, x.shape[-1])
     d = scipy.fft.dct(scipy.fft.dct(x, type=2, axis=-2), type=2, axis=-1)
     low = d[..., :kh, :kw]

@@ -60,6 +60,8 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
     total = 0
     with torch.enable_grad():
         for x, y in _labelled_batches(ctx.data, samples):
+            x = ctx.on_model(x)
+            y = y.to(x.device)
             F.cross_entropy(main_output(gm(x)), y, reduction="sum").backward()
             total += x.shape[0]
     if total == 0:
