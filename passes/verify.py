@@ -4,7 +4,8 @@ The reference is the original itself, for the duration of the check: in eval mod
 linear layers see zeros on the input channels the plan removes (temporary forward pre-hooks,
 removed afterwards, so the user's model is left as it was without paying for a copy of it). In
 float32 the relative error must stay within ``rtol`` (1e-5); otherwise the error names the first
-module whose outputs diverge.
+module whose outputs diverge, found on float64 copies (or says that those agree: then float32 rounding,
+amplified by an ill-conditioned network, is the gap).
 
 A pass proves little when the original's output hardly depends on its input (a randomly initialized
 deep network with default BatchNorm statistics: the activations vanish and the output is the last
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import warnings
 from typing import Any, Iterator
 
@@ -39,6 +41,12 @@ SENSITIVITY_MARGIN = 100
 
 #: Dtypes whose rounding depends on how many channels a kernel sums over (see the module docstring).
 HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+#: float64 rounding is ~1e-16 per op: copies this close in float64 are the same function (see _diagnose).
+FLOAT64_RTOL = 1e-9
+#: A gap that shrinks this much from float32 to float64 is rounding: a pruning error does not depend on the
+#: precision, while rounding shrinks ~5e8-fold (the ratio of the two machine epsilons).
+ROUNDING_SHRINK = 1e-4
 
 
 @contextlib.contextmanager
@@ -95,17 +103,62 @@ def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dic
                    rtol: float = 1e-5) -> float:
     """Relative error of ``small`` against the masked original; raises VerificationError above rtol."""
     original, small, inputs = in_float32_if_half(original, small, inputs)
+    err, out = _masked_error(original, small, modules, inputs)
+    if err > rtol:
+        raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; "
+                                f"{_diagnose(original, small, modules, inputs, rtol, err)}")
+    with masked_reference(original, modules) as ref, torch.no_grad():
+        _warn_if_vacuous(ref, out, inputs, rtol)
+    return err
+
+
+def _masked_error(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple
+                  ) -> tuple[float, torch.Tensor]:
+    """(relative error of ``small`` against the masked original, the masked original's main output)."""
     with masked_reference(original, modules) as ref, eval_mode(small), torch.no_grad():
         a = main_output(ref(*inputs))
         b = main_output(small(*inputs))
-        if a.shape != b.shape:
-            raise VerificationError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
-        err = relative_error(a, b) if torch.isfinite(b).all() else float("inf")
-        if err > rtol:
-            where = first_divergence(ref, small, modules, inputs, rtol)
-            raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; {where}")
-        _warn_if_vacuous(ref, a, inputs, rtol)
-    return err
+    if a.shape != b.shape:
+        raise VerificationError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
+    if not torch.isfinite(a).all():
+        raise VerificationError("the masked original's output is not finite (NaN or inf) on these inputs, so there "
+                                "is nothing to compare: check the model's weights and the example inputs")
+    return (relative_error(a, b) if torch.isfinite(b).all() else float("inf")), a
+
+
+def _diagnose(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float,
+              err: float) -> str:
+    """Why the check failed, found on float64 copies of both models.
+
+    In float32 a network that cancels large activations (a BatchNorm subtracting a large mean, common in
+    randomly initialized deep nets) amplifies the rounding of sums that merely run over fewer channels,
+    and every module past that point looks divergent. Float64 tells the two cases apart: where the gap
+    vanishes or shrinks by orders of magnitude (rounding) the pruning is right, and where it stays (a pruning
+    error does not depend on the precision) the first module above ``rtol`` is the culprit, no longer hidden
+    among rounding noise."""
+    if _all_float64(original):
+        return _locate(original, small, modules, inputs, rtol)
+    wide = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+    try:
+        original64, small64 = copy.deepcopy(original).double(), copy.deepcopy(small).double()
+        err64, _ = _masked_error(original64, small64, modules, wide)
+    except Exception:  # a model that cannot be copied or run in float64: locate in its own precision
+        return _locate(original, small, modules, inputs, rtol)
+    if math.isfinite(err) and err64 <= max(FLOAT64_RTOL, err * ROUNDING_SHRINK):
+        return (f"in float64 the gap is {err64:.1e}: it shrinks with the precision, so the compact model is the "
+                "masked original, and float32 rounding, amplified by the network (large activations that cancel, as "
+                "in a randomly initialized deep network), makes the gap. Verify a trained model, or both models in "
+                "float64 (model.double())")
+    return _locate(original64, small64, modules, wide, rtol) + " (found in float64)"
+
+
+def _all_float64(model: nn.Module) -> bool:
+    return all(t.dtype == torch.float64 for t in model.parameters() if t.is_floating_point())
+
+
+def _locate(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float) -> str:
+    with masked_reference(original, modules) as ref, eval_mode(small):
+        return first_divergence(ref, small, modules, inputs, rtol)
 
 
 def in_float32_if_half(original: nn.Module, small: nn.Module, inputs: tuple) -> tuple[nn.Module, nn.Module, tuple]:
@@ -160,7 +213,7 @@ def first_divergence(ref: nn.Module, small: nn.Module, modules: dict[str, dict],
             a = a.index_select(dim, torch.as_tensor(keep, dtype=torch.long))
         if a.shape != b.shape:
             return f"first diverging module: '{name}' (shape {tuple(b.shape)} != expected {tuple(a.shape)})"
-        e = relative_error(a, b)
+        e = relative_error(a, b) if torch.isfinite(b).all() else float("inf")
         if e > rtol:
             return f"first diverging module: '{name}' (rel err {e:.2e})"
     return "no single module diverges (check ops between modules)"

@@ -1,4 +1,5 @@
 """Bad input gets a clear error, and no call ever changes the user's model."""
+import copy
 import json
 
 import pytest
@@ -159,6 +160,72 @@ def test_verify_checks_a_half_precision_model_in_float32(dtype):
     with pytest.raises(fxprune.VerificationError, match="first diverging module: 'layer2.1.conv1'"):
         fxprune.verify(model, small, x)
     assert {p.dtype for p in model.parameters()} == {p.dtype for p in small.parameters()} == {dtype}
+
+
+class _CancellingNet(nn.Module):
+    """A BatchNorm subtracts a mean of 1e4 from an activation of 1e4: float32 rounding of conv b's sums (which
+    run over fewer channels once conv a is pruned) is amplified ~1e4-fold, float64 rounding is not."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 3, padding=1)
+        self.b = nn.Conv2d(32, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+        with torch.no_grad():
+            self.b.bias.fill_(1e4)
+            self.bn.running_mean.fill_(1e4)
+            self.bn.running_var.fill_(1e-2)
+
+    def forward(self, x):
+        return self.head(self.bn(self.b(torch.relu(self.a(x)))).mean((2, 3)))
+
+
+def test_verify_tells_float32_rounding_from_a_pruning_error():
+    net = _CancellingNet().eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    small = fxprune.prune(net, x, criterion="l1", ratio={"a": 0.5})
+    with pytest.raises(fxprune.VerificationError, match="in float64 the gap is 0.0e\\+00: it shrinks with the precision, so the compact model is the masked"):
+        fxprune.verify(net, small, x)  # float32: the gap is rounding, and no module is to blame
+    with torch.no_grad():
+        small.get_submodule("b").weight[0] += 1.0
+    with pytest.raises(fxprune.VerificationError, match=r"first diverging module: 'b' .*\(found in float64\)"):
+        fxprune.verify(net, small, x)
+    assert {p.dtype for p in small.parameters()} == {p.dtype for p in net.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("gap64, verdict", [(3e-8, "in float64 the gap is 3.0e-08: it shrinks"),
+                                             (0.2, "no single module diverges")])
+def test_a_gap_that_shrinks_with_the_precision_is_rounding_one_that_stays_is_not(monkeypatch, gap64, verdict):
+    """A deep network can amplify float64 rounding above 1e-9 too (EfficientNet-V2-L: 0.32 in float32, 8.8e-8 in
+    float64): what tells rounding is that the gap shrinks by orders of magnitude; a pruning error stays."""
+    from passes import verify as verify_pass
+
+    real = verify_pass._masked_error
+
+    def gaps(original, small, modules, inputs):
+        _, out = real(original, small, modules, inputs)
+        return (gap64 if inputs[0].dtype == torch.float64 else 0.3), out
+
+    monkeypatch.setattr(verify_pass, "_masked_error", gaps)
+    model = randomize(get_model("resnet20"))
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.4)
+    with pytest.raises(fxprune.VerificationError, match=f"rel err 3.00e-01 > 1e-05; {verdict}"):
+        fxprune.verify(model, small, X)
+
+
+def test_verify_calls_a_non_finite_output_an_error_never_rounding(model):
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.4)
+    head = [name for name, m in small.named_modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        small.get_submodule(head).bias[0] = float("nan")
+    with pytest.raises(fxprune.VerificationError, match=f"rel err inf > 1e-05; first diverging module: '{head}'"):
+        fxprune.verify(model, small, X)
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.get_submodule(head).bias[0] = float("inf")
+    with pytest.raises(fxprune.VerificationError, match="the masked original's output is not finite"):
+        fxprune.verify(broken, fxprune.prune(broken, X, criterion="l1", ratio=0.4), X)
 
 
 def test_verify_warns_when_the_originals_output_ignores_its_input():
