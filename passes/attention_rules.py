@@ -331,7 +331,7 @@ class PrunedMultiheadAttention(nn.Module):
         """``mha`` with only the input columns ``keep_in``; shares ``mha.out_proj`` (sliced separately)."""
         new = cls(len(keep_in), mha.out_proj.out_features, mha.num_heads, mha.head_dim, mha.in_proj_bias is not None,
                   bool(mha.batch_first), batched, float(mha.dropout))
-        idx = torch.as_tensor(keep_in, dtype=torch.long)
+        idx = torch.as_tensor(keep_in, dtype=torch.long, device=mha.in_proj_weight.device)
         new.in_proj_weight = nn.Parameter(mha.in_proj_weight.detach().index_select(1, idx),
                                           requires_grad=mha.in_proj_weight.requires_grad)
         if mha.in_proj_bias is not None:

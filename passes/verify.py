@@ -4,8 +4,8 @@ The reference is the original itself, for the duration of the check: in eval mod
 linear layers see zeros on the input channels the plan removes (temporary forward pre-hooks,
 removed afterwards, so the user's model is left as it was without paying for a copy of it). In
 float32 the relative error must stay within ``rtol`` (1e-5); otherwise the error names the first
-module whose outputs diverge, found on float64 copies (or says that those agree: then float32 rounding,
-amplified by an ill-conditioned network, is the gap).
+module whose outputs diverge, found on float64 copies (or says that the gap shrinks with the precision
+there: then it is float32 rounding, amplified by an ill-conditioned network).
 
 A pass proves little when the original's output hardly depends on its input (a randomly initialized
 deep network with default BatchNorm statistics: the activations vanish and the output is the last
@@ -95,6 +95,9 @@ def main_output(out: Any) -> torch.Tensor:
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|a - b| / |a|; a ``b`` holding NaN or inf is infinitely far (a NaN would compare as within any tolerance)."""
+    if not torch.isfinite(b).all():
+        return float("inf")
     a, b = a.double(), b.double()
     return float((a - b).norm() / a.norm().clamp_min(1e-30))
 
@@ -123,7 +126,7 @@ def _masked_error(original: nn.Module, small: nn.Module, modules: dict[str, dict
     if not torch.isfinite(a).all():
         raise VerificationError("the masked original's output is not finite (NaN or inf) on these inputs, so there "
                                 "is nothing to compare: check the model's weights and the example inputs")
-    return (relative_error(a, b) if torch.isfinite(b).all() else float("inf")), a
+    return relative_error(a, b), a
 
 
 def _diagnose(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float,
@@ -210,10 +213,10 @@ def first_divergence(ref: nn.Module, small: nn.Module, modules: dict[str, dict],
         keep = modules.get(name, {}).get("out")
         if keep is not None:
             dim = -1 if isinstance(ref.get_submodule(name), (nn.Linear, nn.LayerNorm)) else 1
-            a = a.index_select(dim, torch.as_tensor(keep, dtype=torch.long))
+            a = a.index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=a.device))
         if a.shape != b.shape:
             return f"first diverging module: '{name}' (shape {tuple(b.shape)} != expected {tuple(a.shape)})"
-        e = relative_error(a, b) if torch.isfinite(b).all() else float("inf")
+        e = relative_error(a, b)
         if e > rtol:
             return f"first diverging module: '{name}' (rel err {e:.2e})"
     return "no single module diverges (check ops between modules)"

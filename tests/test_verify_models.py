@@ -55,6 +55,22 @@ def test_a_model_on_the_gpu_prunes_with_calibration_batches_on_the_cpu(criterion
     assert fxprune.verify(model, small) <= 1e-5  # default inputs on the model's device
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_vit_on_the_gpu_prunes_its_attention_and_verify_locates_an_error():
+    from passes.attention_rules import PrunedMultiheadAttention
+
+    model = randomize(torchvision.models.vit_b_32(image_size=128, num_classes=10)).cuda()
+    x = torch.randn(2, 3, 128, 128, device="cuda")
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)  # its attention modules are sliced on the GPU
+    assert any(isinstance(m, PrunedMultiheadAttention) for m in small.modules()) and small(x).shape == (2, 10)
+    strict = fxprune.prune(model, x, criterion="l1", ratio=0.3, strict=True)
+    assert n_params(strict) < n_params(model) and fxprune.verify(model, strict, x) <= 1e-5
+    with torch.no_grad():
+        strict.get_submodule("heads.head").bias[0] += 1.0
+    with pytest.raises(fxprune.VerificationError, match="heads.head"):
+        fxprune.verify(model, strict, x)
+
+
 def test_seed_l1_single_layer_keeps_largest_filters():
     """Seed 001: an uncoupled layer keeps exactly its int(N*(1-r)) largest-Σ|w| filters."""
     model = randomize(get_model("vgg16_bn"))
