@@ -23,7 +23,7 @@ from passes.rewrite import rewrite as _rewrite
 from passes.budget import global_keep, search_flops
 from passes.select import check_ratio, finish_kept, resolve_ratios, select
 from passes.modes import gc_paused
-from passes.trace import trace as _trace
+from passes.trace import inputs_like, trace as _trace
 from passes.verify import verify_against
 
 __all__ = ["analyze", "plan", "apply", "prune", "verify", "criteria", "register_criterion"]
@@ -145,7 +145,7 @@ def apply(model: nn.Module, plan: Plan, example_inputs=None, *, leaf_modules: It
         return _rewrite(analysis, plan.kept, plan)  # the plan was made from this very trace
     if analysis is None:
         if example_inputs is None and plan.options.get("input_shape"):
-            example_inputs = tuple(torch.randn(*s) for s in plan.options["input_shape"])
+            example_inputs = inputs_like(None, plan.options["input_shape"])
         analysis = analyze(model, example_inputs, leaf_modules=leaf_modules,
                            strict=bool(plan.options.get("strict", False)))
     kept = kept_from_plan(analysis, plan)
@@ -174,16 +174,14 @@ def verify(original: nn.Module, small: torch.fx.GraphModule, example_inputs=None
     """Relative error of ``small`` against ``original`` with the removed channels masked out.
 
     Raises VerificationError naming the first diverging module when it exceeds ``rtol``. Without
-    ``example_inputs``, random float32 inputs of the plan's input shape on the model's device; a
+    ``example_inputs``, random inputs of the plan's input shape on the model's device; a
     half-precision model is checked on float32 copies (:mod:`passes.verify`).
     """
     p = small.meta.get("fxprune.plan") if hasattr(small, "meta") else None
     if p is None:
         raise PlanError("this model has no fxprune plan (small.meta['fxprune.plan']); pass a model from fxprune.prune")
     if example_inputs is None:
-        shapes = p.options.get("input_shape") or [[1, 3, 224, 224]]
-        device = next((t.device for t in small.parameters()), None)  # a model on a GPU gets its inputs there
-        example_inputs = tuple(torch.randn(*s, device=device) for s in shapes)
+        example_inputs = inputs_like(small, p.options.get("input_shape") or [[1, 3, 224, 224]])
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     try:
         return verify_against(original, small, p.modules, inputs, rtol)

@@ -21,6 +21,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from passes.trace import inputs_like
+
 __all__ = ["Counts", "Report", "count", "report", "human", "as_example_args", "default_example_inputs"]
 
 logger = logging.getLogger(__name__)
@@ -127,11 +129,9 @@ class Report:
 def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
     """Zero inputs (no RNG use) on the model's device and in its dtype: of the shapes a pruned model was
     planned with (its plan's ``input_shape``: a CIFAR model is counted at 32x32), else one 1x3x224x224 image."""
-    first = next((p for p in model.parameters() if p.is_floating_point()), None)
-    like = {} if first is None else {"device": first.device, "dtype": first.dtype}
     plan = getattr(model, "meta", {}).get("fxprune.plan")
     shapes = plan.options.get("input_shape") if plan is not None else None
-    return tuple(torch.zeros(*shape, **like) for shape in shapes or [(1, 3, 224, 224)])
+    return inputs_like(model, shapes or [(1, 3, 224, 224)], torch.zeros)
 
 
 def as_example_args(model: nn.Module, example_inputs: Any) -> tuple:

@@ -12,7 +12,7 @@ import fnmatch
 import functools
 import os
 import traceback
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.fx
@@ -28,7 +28,7 @@ try:  # code generated on first call (torch >= 2.3); a plain GraphModule otherwi
 except ImportError:  # pragma: no cover
     _GraphModule = torch.fx.GraphModule
 
-__all__ = ["trace", "default_example_inputs"]
+__all__ = ["trace", "default_example_inputs", "inputs_like"]
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -294,3 +294,11 @@ def default_example_inputs(model: nn.Module, size: int = 224) -> tuple[torch.Ten
         f"cannot infer an example input for {type(model).__name__}: it has no nn.Conv2d to take the "
         "channel count from; pass example_inputs=torch.randn(...) with the shape your model expects"
     )
+
+
+def inputs_like(model: nn.Module | None, shapes, fill: Callable = torch.randn) -> tuple[torch.Tensor, ...]:
+    """Inputs of ``shapes`` made by ``fill`` on ``model``'s device and in its float dtype (float32 on the CPU
+    without a model, or for a model without float parameters)."""
+    first = None if model is None else next((p for p in model.parameters() if p.is_floating_point()), None)
+    like = {} if first is None else {"device": first.device, "dtype": first.dtype}
+    return tuple(fill(*shape, **like) for shape in shapes)

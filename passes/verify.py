@@ -141,9 +141,8 @@ def _diagnose(original: nn.Module, small: nn.Module, modules: dict[str, dict], i
     among rounding noise."""
     if _all_float64(original):
         return _locate(original, small, modules, inputs, rtol)
-    wide = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
     try:
-        original64, small64 = copy.deepcopy(original).double(), copy.deepcopy(small).double()
+        original64, small64, wide = _copies_in(torch.float64, original, small, inputs)
         err64, _ = _masked_error(original64, small64, modules, wide)
     except Exception:  # a model that cannot be copied or run in float64: locate in its own precision
         return _locate(original, small, modules, inputs, rtol)
@@ -165,12 +164,18 @@ def _locate(original: nn.Module, small: nn.Module, modules: dict[str, dict], inp
 
 
 def in_float32_if_half(original: nn.Module, small: nn.Module, inputs: tuple) -> tuple[nn.Module, nn.Module, tuple]:
-    """float32 copies of both models and of the half-precision inputs when a model holds half-precision
-    tensors (see the module docstring); else the arguments themselves."""
+    """float32 copies of both models and of their inputs when a model holds half-precision tensors (see the
+    module docstring); else the arguments themselves."""
     if not (_holds_half(original) or _holds_half(small)):
         return original, small, inputs
-    inputs = tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in HALF_PRECISION else t for t in inputs)
-    return copy.deepcopy(original).float(), copy.deepcopy(small).float(), inputs
+    return _copies_in(torch.float32, original, small, inputs)
+
+
+def _copies_in(dtype: torch.dtype, original: nn.Module, small: nn.Module, inputs: tuple
+               ) -> tuple[nn.Module, nn.Module, tuple]:
+    """Copies of both models, and the float inputs, in ``dtype`` (the caller's models are left as they are)."""
+    inputs = tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+    return copy.deepcopy(original).to(dtype), copy.deepcopy(small).to(dtype), inputs
 
 
 def _holds_half(model: nn.Module) -> bool:
