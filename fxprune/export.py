@@ -30,6 +30,7 @@ from torch import nn
 
 from fxprune.report import as_example_args
 from passes.errors import FxPruneError
+from passes.hooks import masked_names
 from passes.modes import eval_mode
 
 __all__ = [
@@ -318,6 +319,13 @@ def _describe_module(name: str, module: nn.Module) -> dict[str, Any]:
         raise UnsupportedModuleError(
             f"cannot save module {name!r} of type {_qualname(cls)}: not in the allow-list of torch.nn "
             f"modules (fxprune.export.ALLOWED_MODULES / CONTAINERS)"
+        )
+    masked = masked_names(module)
+    if masked:
+        raise UnsupportedModuleError(
+            f"module {name!r} is masked by torch.nn.utils.prune ({masked[0]} = {masked[0]}_orig * {masked[0]}_mask, "
+            f"computed by a hook that save cannot keep): make the mask permanent first, with "
+            f"torch.nn.utils.prune.remove(module, {masked[0]!r}) on the module"
         )
     buffers = [b for b, t in module._buffers.items() if t is not None]
     entry["training"] = module.training

@@ -12,7 +12,6 @@ can be compared with published tables:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import warnings
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from passes.hooks import copy_model
 from passes.trace import inputs_like
 
 __all__ = ["Counts", "Report", "count", "report", "human", "as_example_args", "default_example_inputs"]
@@ -164,7 +164,7 @@ def _count_macs(model: nn.Module, args: tuple) -> dict[str, int]:
     The copy keeps the caller's model (training flags, hooks, BN statistics)
     untouched; unsupported-op warnings are silenced and logged at debug level.
     """
-    work = copy.deepcopy(model).eval()
+    work = copy_model(model).eval()
     with torch.no_grad(), warnings.catch_warnings():
         # fvcore scripts a helper at import time and traces with torch.jit, both
         # deprecated upstream; the FutureWarnings are not actionable for users.

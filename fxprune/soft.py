@@ -41,6 +41,7 @@ from torch import nn
 from passes import criteria as _criteria
 from passes.dependency import Analysis
 from passes.errors import PlanError
+from passes.hooks import value_holders
 from passes.select import kept_count, resolve_ratios, top_k
 
 from .api import analyze, prune
@@ -141,9 +142,10 @@ def _zero_classes(model: nn.Module, ctx, group, drop: np.ndarray) -> None:
             continue
         mod = model.get_submodule(p.role.name)
         idx = torch.as_tensor(rows, dtype=torch.long, device=mod.weight.device)
-        mod.weight.index_fill_(0, idx, 0.0)
-        if getattr(mod, "bias", None) is not None:
-            mod.bias.index_fill_(0, idx, 0.0)
+        for attr in ("weight", "bias"):
+            for name in value_holders(mod, attr):
+                if getattr(mod, name, None) is not None:
+                    getattr(mod, name).index_fill_(0, idx, 0.0)
 
 
 def _warn_if_regrown(model: nn.Module, small: torch.fx.GraphModule) -> None:

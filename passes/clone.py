@@ -12,7 +12,7 @@ state (parameter, buffer and child dicts plus attributes), so it is copied field
 
 A module with hooks, a custom ``__deepcopy__`` or parameters of a tensor subclass is deep-copied
 as a whole (still without copying the deferred tensors), so the result is always what
-``copy.deepcopy`` would give.
+``copy.deepcopy`` would give; a tensor a hook computed is copied detached (see :mod:`passes.hooks`).
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+from .hooks import computed_tensors
 
 __all__ = ["clone_tree", "unshare"]
 
@@ -65,6 +67,7 @@ def _clone_module(mod: nn.Module, memo: dict[int, Any]) -> nn.Module:
     if id(mod) in memo:
         return memo[id(mod)]
     if not _plain(mod):
+        memo.update((k, t) for k, t in computed_tensors(mod).items() if k not in memo)
         new = copy.deepcopy(mod, memo)
         memo[id(mod)] = new
         return new

@@ -30,6 +30,7 @@ import torch.fx
 from torch import nn
 
 from .graph_module import modules_of
+from .hooks import opaque_hook
 from .layout import Layout, UnionFind, concat_segments, uniform_segments, unique_ints
 from .shapes import SHAPE, VALUE
 
@@ -314,6 +315,11 @@ class Analyzer:
             return None
         if node.op == "get_attr":
             return None
+        if node.op == "call_module":
+            hook = opaque_hook(self.module(node))
+            if hook is not None:
+                return self.opaque(node, f"a {hook} runs around this module, and fxprune cannot see what it does to "
+                                         "channels: remove it before pruning and register it on the compact model")
         rule = self.rules.lookup(self, node)
         if rule is None:
             if not any(self.layouts.get(a) is not None for a in node.all_input_nodes):

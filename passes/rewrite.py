@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from .branches import value_ancestry
 from .clone import clone_tree, unshare
 from .dependency import Analysis
+from .hooks import derived_from
 from .errors import PlanError
 from .graph_module import build_graph_module, modules_of
 from .layout import Layout
@@ -135,6 +137,15 @@ def _take_rows_cols(w: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray |
     return w.index_select(0, torch.from_numpy(rows).to(w.device)).index_select(1, torch.from_numpy(cols).to(w.device))
 
 
+def _install(mod: nn.Module, attr: str, take: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Install ``take(mod.<attr>)``, and slice the tensors a torch.nn.utils.prune mask computes
+    ``attr`` from (``weight_orig``, ``weight_mask``) alike, so the mask's hook computes the slice."""
+    for name in (attr, *derived_from(mod, attr)):
+        t = getattr(mod, name, None)
+        if t is not None:
+            _set_param(mod, name, take(t))
+
+
 def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
     """Install a new tensor; one that was not sliced is cloned so nothing is shared with the original."""
     store = mod._parameters if attr in mod._parameters else mod._buffers if attr in mod._buffers else None
@@ -155,15 +166,13 @@ def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
 def _shrink_conv(name: str, conv: nn.Module, keep_in, keep_out) -> None:
     if keep_out is not None and len(keep_out) == 0 or keep_in is not None and len(keep_in) == 0:
         raise PlanError(f"the plan removes every channel of conv '{name}'; keep at least one")
-    w = conv.weight
     if conv.groups == 1:
-        w = _take_rows_cols(w, keep_out, keep_in)
+        _install(conv, "weight", lambda w: _take_rows_cols(w, keep_out, keep_in))
         new_groups = 1
     else:
         new_groups = _kept_groups(name, conv, keep_in, keep_out)
-        w = _take(w, 0, keep_out)
-    _set_param(conv, "weight", w)
-    _set_param(conv, "bias", _take(conv.bias, 0, keep_out))
+        _install(conv, "weight", lambda w: _take(w, 0, keep_out))
+    _install(conv, "bias", lambda b: _take(b, 0, keep_out))
     conv.in_channels = len(keep_in) if keep_in is not None else conv.in_channels
     conv.out_channels = len(keep_out) if keep_out is not None else conv.out_channels
     conv.groups = new_groups
@@ -185,8 +194,8 @@ def _kept_groups(name: str, conv, keep_in, keep_out) -> int:
 
 
 def _shrink_linear(lin: nn.Module, keep_in, keep_out) -> None:
-    _set_param(lin, "weight", _take_rows_cols(lin.weight, keep_out, keep_in))
-    _set_param(lin, "bias", _take(getattr(lin, "bias", None), 0, keep_out))
+    _install(lin, "weight", lambda w: _take_rows_cols(w, keep_out, keep_in))
+    _install(lin, "bias", lambda b: _take(b, 0, keep_out))
     if isinstance(lin, nn.Linear):
         lin.in_features = len(keep_in) if keep_in is not None else lin.in_features
         lin.out_features = len(keep_out) if keep_out is not None else lin.out_features
@@ -196,14 +205,9 @@ def _shrink_norm(mod: nn.Module, keep) -> None:
     if keep is None:
         return
     dim = -1 if isinstance(mod, nn.LayerNorm) else 0
-    index = None  # one index tensor for the (up to) four per-channel vectors: they are small, the calls add up
-    for store in (mod._parameters, mod._buffers):
-        for attr in ("weight", "bias", "running_mean", "running_var"):
-            t = store.get(attr)
-            if t is not None:
-                if index is None:
-                    index = torch.from_numpy(keep).to(t.device)
-                _set_param(mod, attr, t.detach().index_select(dim, index))
+    index = torch.from_numpy(keep)  # one index tensor for the (up to) four per-channel vectors: the calls add up
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        _install(mod, attr, lambda t: t.detach().index_select(dim, index.to(t.device)))
     if isinstance(mod, nn.LayerNorm):
         mod.normalized_shape = (len(keep),)
     elif isinstance(mod, nn.GroupNorm):

@@ -19,7 +19,6 @@ the masked original by ~1e-3 there, while every half-precision weight is exact i
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import math
 import warnings
@@ -28,6 +27,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .hooks import copy_model
 from .errors import VacuousVerificationWarning, VerificationError
 from .modes import eval_mode
 
@@ -175,7 +175,7 @@ def _copies_in(dtype: torch.dtype, original: nn.Module, small: nn.Module, inputs
                ) -> tuple[nn.Module, nn.Module, tuple]:
     """Copies of both models, and the float inputs, in ``dtype`` (the caller's models are left as they are)."""
     inputs = tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
-    return copy.deepcopy(original).to(dtype), copy.deepcopy(small).to(dtype), inputs
+    return copy_model(original).to(dtype), copy_model(small).to(dtype), inputs
 
 
 def _holds_half(model: nn.Module) -> bool:

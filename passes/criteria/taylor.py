@@ -11,13 +11,14 @@ exactly as they were. Only weights count, not biases (the filter is its weight r
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import PlanError
+from ..hooks import copy_model, masked_names
 from . import register
 from ..verify import main_output
 from .base import Criterion, ScoringContext
@@ -52,7 +53,7 @@ def taylor_scores(ctx: ScoringContext) -> dict[str, np.ndarray]:
 
 def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
     """Accumulate the summed cross-entropy gradient on a copy, then reduce w·g per filter."""
-    gm = copy.deepcopy(ctx.analysis.gm).eval()
+    gm = copy_model(ctx.analysis.gm).eval()
     for p in gm.parameters():
         p.grad = None
         p.requires_grad_(True)
@@ -70,11 +71,18 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
     for name, role in ctx.analysis.roles.items():
         if role.kind not in ("conv", "linear"):
             continue
-        w = gm.get_submodule(name).weight
+        w = _gradient_leaf(gm.get_submodule(name))
         g = w.grad if w.grad is not None else torch.zeros_like(w)
         prod = (w.detach().double() * g.double()).reshape(w.shape[0], -1).sum(1) / total
         out[name] = prod.abs().cpu().numpy()
     return out
+
+
+def _gradient_leaf(mod: nn.Module) -> torch.Tensor:
+    """The weight the gradient lands on. A torch.nn.utils.prune mask's hook computes ``weight =
+    weight_orig * weight_mask`` each call, so its gradient lands on ``weight_orig``; w·g is the same
+    there, since a 0/1 mask squares to itself."""
+    return mod.weight_orig if "weight" in masked_names(mod) else mod.weight
 
 
 class Taylor(Criterion):
