@@ -1,7 +1,12 @@
-"""One error hierarchy, so callers can catch fxprune's failures without catching torch's."""
+"""One error hierarchy, so callers can catch fxprune's failures without catching torch's; warnings that
+point at the caller's line."""
+import contextlib
+import os
+import sys
+import warnings
 
 __all__ = ["FxPruneError", "UntraceableModelError", "UnsupportedOpError", "PlanError", "VerificationError",
-           "VacuousVerificationWarning"]
+           "VacuousVerificationWarning", "warn_caller"]
 
 
 class FxPruneError(Exception):
@@ -27,3 +32,18 @@ class VerificationError(FxPruneError, AssertionError):
 class VacuousVerificationWarning(UserWarning):
     """Verify passed, but the original's output barely depends on its input, so the check proves little
     (an untrained model whose activations vanish through default BatchNorm statistics, say)."""
+
+
+#: Frames a warning must not point at: fxprune's packages, and the context managers its entry points run in.
+_OWN_FILES = (os.path.dirname(os.path.abspath(__file__)),
+              os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fxprune"),
+              contextlib.__file__)
+
+
+def warn_caller(warning: Warning) -> None:
+    """``warnings.warn`` pointing at the first frame outside fxprune: the user's call, whichever entry
+    point (``prune``, ``plan``, ``analyze``, ``verify``, the CLI) led here."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: warn_caller's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_FILES):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(warning, stacklevel=level)

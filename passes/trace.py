@@ -19,7 +19,7 @@ import torch.fx
 from torch import nn
 
 from .branches import BranchDecider
-from .errors import UntraceableModelError
+from .errors import UntraceableModelError, warn_caller
 from .graph_module import build_graph_module
 from .shapes import propagate_shapes
 
@@ -40,6 +40,7 @@ class _LeafTracer(torch.fx.Tracer):
         self.leaf_types = leaf_types
         self._entered: list[tuple[str, nn.Module]] = []
         self.traced_through: dict[int, _ModuleState] = {}
+        self.hooked: list[str] = []  # traced-through modules with forward hooks (see _warn_hooks_traced_through)
         self.example_inputs: tuple = ()
         self._branches: BranchDecider | None = None
 
@@ -77,6 +78,8 @@ class _LeafTracer(torch.fx.Tracer):
             else:
                 if id(m) not in self.traced_through:
                     self.traced_through[id(m)] = _ModuleState(m)
+                    if m._forward_hooks or m._forward_pre_hooks:
+                        self.hooked.append(path)
                 out = forward(*args, **kwargs)
         except UntraceableModelError:
             raise
@@ -201,6 +204,10 @@ def trace(
     finally:
         for state in tracer.traced_through.values():
             state.restore()
+    if model._forward_hooks or model._forward_pre_hooks:
+        tracer.hooked.insert(0, "")
+    if tracer.hooked:
+        _warn_hooks_traced_through(tracer.hooked)
     name = type(model).__name__
     gm = build_graph_module(tracer.root, graph, name, cls=_GraphModule)
     try:
@@ -213,6 +220,20 @@ def trace(
             ) from e
         raise
     return gm, inputs
+
+
+def _warn_hooks_traced_through(paths: list[str]) -> None:
+    """Hooks on a module the tracer goes into are not kept: the graph replaces the module's call.
+
+    A hook that returns a new output is traced into the graph with the module (the root's own hooks
+    not even that); a hook with side effects (one storing activations for a saliency map) ran once on
+    tracer proxies, and the compact model will not call it."""
+    names = ", ".join(repr(p) if p else "the model itself" for p in paths[:4]) + (" ..." if len(paths) > 4 else "")
+    warn_caller(UserWarning(
+        f"forward hooks on {names} are not kept in the traced graph: a hook that changes the output is traced "
+        "into it (except on the model itself), but one with side effects (storing activations) saw tracer "
+        "proxies once and is never called by the compact model; register such hooks on a conv, linear or norm "
+        "layer of the compact model, which keep their names"))
 
 
 #: The attributes every nn.Module has: parameters, buffers, children, hooks and flags (the tracer leaves them be).

@@ -21,14 +21,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import warnings
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from .hooks import copy_model
-from .errors import VacuousVerificationWarning, VerificationError
+from .errors import VacuousVerificationWarning, VerificationError, warn_caller
 from .modes import eval_mode
 
 __all__ = ["masked_reference", "verify_against", "main_output"]
@@ -192,11 +191,11 @@ def _warn_if_vacuous(ref: nn.Module, out: torch.Tensor, inputs: tuple, rtol: flo
         return  # no float input to vary (token ids, say)
     moved = relative_error(out, main_output(ref(*other)))
     if moved < SENSITIVITY_MARGIN * rtol:
-        warnings.warn(VacuousVerificationWarning(
+        warn_caller(VacuousVerificationWarning(
             f"verify passed, but the original's output changes by only {moved:.1e} (relative) between two random "
             "inputs, so this check cannot tell a wrong compact model from a right one: its activations vanish "
             "(a randomly initialized network with default BatchNorm statistics, say). Verify a trained model, or "
-            "one whose BatchNorm statistics a few train-mode forward passes have set."), stacklevel=4)
+            "one whose BatchNorm statistics a few train-mode forward passes have set."))
 
 
 def _another_input(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:

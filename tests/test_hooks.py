@@ -3,6 +3,7 @@ any other hook leaves its module's channels unpruned, and nothing crashes copyin
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -141,3 +142,22 @@ def test_soft_filter_pruning_zeroes_the_weight_a_mask_computes_from():
     conv = model.get_submodule("layer1.0.conv1")
     removed = sorted(set(range(16)) - set(small.meta["fxprune.plan"].to_dict()["modules"]["layer1.0.conv1"]["out"]))
     assert len(removed) == 8 and torch.all(conv.weight[removed] == 0)
+
+
+def test_hooks_on_a_module_traced_through_are_named_in_a_warning_at_the_callers_line():
+    model, x = randomize(models.resnet20(num_classes=10)), torch.randn(2, 3, 32, 32)
+    stored = {}
+    model.layer3.register_forward_hook(lambda mod, args, out: stored.update(layer3=out))
+    with pytest.warns(UserWarning, match="forward hooks on 'layer3' are not kept") as record:
+        small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    assert [w.filename for w in record if "forward hooks" in str(w.message)] == [__file__]
+    stored.clear()
+    small(x)
+    assert stored == {}  # what the warning says: the compact model does not call it
+
+
+def test_a_model_without_hooks_prunes_and_verifies_without_a_warning():
+    model, x = randomize(models.resnet20(num_classes=10)), torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.verify(model, fxprune.prune(model, x, criterion="l1", ratio=0.3), x)
