@@ -40,6 +40,7 @@ from fxprune import data as fxdata
 from fxprune import runner
 from fxprune.export import export as _export, load as _load, save as _save
 from fxprune.report import report as _report
+from passes.hooks import mask_like
 
 __all__ = [
     "InputError", "ModelSource", "Budget", "TrainOptions", "ExperimentConfig", "resolve_model", "load_weights",
@@ -131,7 +132,9 @@ _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load trained weights into a named architecture: a ``state_dict`` saved with ``torch.save``, or a
     checkpoint dict holding one (under "state_dict", "model", ...); a ``module.`` prefix left by
-    DataParallel/DDP is dropped. Read with ``weights_only=True``: no code in the file runs."""
+    DataParallel/DDP is dropped, and the masks of a model masked with torch.nn.utils.prune
+    (``weight_orig``/``weight_mask`` keys) are put back on. Read with ``weights_only=True``: no code in
+    the file runs."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such weights file: {str(path)!r}")
@@ -144,6 +147,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     state = _state_dict_in(checkpoint, path)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    mask_like(model, state)  # weights saved from a model masked with torch.nn.utils.prune
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches

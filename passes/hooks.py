@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["opaque_hook", "masked_names", "derived_from", "value_holders", "computed_tensors", "copy_model"]
+__all__ = ["opaque_hook", "masked_names", "derived_from", "value_holders", "refresh_masked", "mask_like",
+           "computed_tensors", "copy_model"]
 
 #: The tensors a torch.nn.utils.prune hook computes ``<name>`` from.
 _MASK_SUFFIXES = ("_orig", "_mask")
@@ -55,6 +56,30 @@ def value_holders(mod: nn.Module, attr: str) -> tuple[str, ...]:
     """``attr`` and, when a torch.nn.utils.prune mask computes it, ``<attr>_orig``: an in-place edit of
     ``attr`` alone would be undone when the mask's hook computes it again on the next call."""
     return (attr, attr + _MASK_SUFFIXES[0]) if attr in masked_names(mod) else (attr,)
+
+
+def refresh_masked(model: nn.Module) -> None:
+    """Compute every masked tensor again, as its hook does before each call.
+
+    The criteria read ``weight`` directly, without running the model; after an optimizer step it is
+    the one the last forward computed, from the ``weight_orig`` before the step. This changes no
+    state (``weight`` is in no state_dict), only brings that derived tensor up to date."""
+    for mod in model.modules():
+        for hook in list(mod._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                hook(mod, ())
+
+
+def mask_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Mask the tensors of ``model`` that ``state`` holds masked (``<name>_orig`` and ``<name>_mask``
+    keys), so that a state_dict saved from a masked model loads into a fresh one of its architecture."""
+    modules = dict(model.named_modules())
+    for key, mask in state.items():
+        stem = key[: -len("_mask")]
+        prefix, _, name = stem.rpartition(".")
+        mod = modules.get(prefix)
+        if key.endswith("_mask") and stem + "_orig" in state and mod is not None and name in mod._parameters:
+            torch_prune.custom_from_mask(mod, name, mask)
 
 
 def computed_tensors(model: nn.Module) -> dict[int, torch.Tensor]:

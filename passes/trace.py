@@ -21,6 +21,7 @@ from torch import nn
 from .branches import BranchDecider
 from .errors import UntraceableModelError, warn_caller
 from .graph_module import build_graph_module
+from .hooks import refresh_masked
 from .shapes import propagate_shapes
 
 try:  # code generated on first call (torch >= 2.3); a plain GraphModule otherwise
@@ -190,6 +191,7 @@ def trace(
     inputs as a tuple (the default one is made here when none was given).
     """
     _refuse_wrappers(model)
+    refresh_masked(model)  # torch.nn.utils.prune's weights, as the model's next call would compute them
     inputs = _as_tuple(example_inputs) if example_inputs is not None else default_example_inputs(model)
     names, types = _split_leaves(leaf_modules)
     tracer = _LeafTracer(names, types)

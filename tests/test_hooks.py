@@ -161,3 +161,29 @@ def test_a_model_without_hooks_prunes_and_verifies_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fxprune.verify(model, fxprune.prune(model, x, criterion="l1", ratio=0.3), x)
+
+
+def test_criteria_read_the_masked_weight_of_the_latest_optimizer_step():
+    """After a step, ``weight`` still holds what the last forward computed from the old ``weight_orig``;
+    the prune must score what the model's next call computes."""
+    model, x = _masked_resnet20(), torch.randn(4, 3, 32, 32)
+    conv = model.get_submodule("layer1.0.conv1")
+    model(x)
+    with torch.no_grad():  # an optimizer step that makes filter 0 the only live one
+        conv.weight_orig.mul_(1e-3)
+        conv.weight_orig[0] = 1.0
+        conv.weight_mask[0] = 1.0
+    plan = fxprune.prune(model, x, criterion="l1", ratio={"layer1.0.conv1": 0.9}).meta["fxprune.plan"]
+    assert plan.to_dict()["modules"]["layer1.0.conv1"]["out"] == [0]
+
+
+def test_weights_saved_from_a_masked_model_load_with_their_masks(tmp_path):
+    from fxprune.experiment import load_weights
+
+    masked, x = _masked_resnet20(), torch.randn(2, 3, 32, 32)
+    torch.save(masked.state_dict(), tmp_path / "masked.pt")
+    fresh = models.resnet20(num_classes=10).eval()
+    load_weights(fresh, tmp_path / "masked.pt")
+    assert torch_prune.is_pruned(fresh)
+    small = fxprune.prune(fresh, x, criterion="l1", ratio=0.25)
+    assert torch.equal(small(x), fxprune.prune(masked, x, criterion="l1", ratio=0.25)(x))
