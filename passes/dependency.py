@@ -53,7 +53,8 @@ class FrozenReason:
 class ModuleRole:
     """How one parameterized module reads and writes channel elements.
 
-    kind: "conv" | "linear" | "norm" (per-channel parameters). ``in_elems`` index the module's input
+    kind: "conv" | "linear" | "norm" (per-channel parameters) | "channelwise" (per-channel, not a norm:
+    PReLU's slopes). ``in_elems`` index the module's input
     channels (a Linear's input features), ``out_elems`` its output channels; None when it has none.
     ``order`` is the module's first node position, ``input_order`` that of the node feeding it.
     """

@@ -240,6 +240,19 @@ def batchnorm_rule(an, node):
     return an.layout(src)
 
 
+@REGISTRY.module(nn.PReLU)
+def prelu_rule(an, node):
+    """One slope for all channels: element-wise. One slope per channel (``nn.PReLU(C)``): per channel
+    along dim 1, the slopes sliced with the channels (role "channelwise": not a norm, ``bn`` skips it)."""
+    src = node.args[0]
+    if an.module(node).num_parameters == 1:
+        return an.layout(src)
+    elems = _channel_elems(an, node, src, 1, "per-channel slopes on a channel axis that is not simple")
+    if elems is not None:
+        an.record_module(node, "channelwise", None, elems)
+    return an.layout(src)
+
+
 @REGISTRY.function(F.batch_norm, F.instance_norm)
 def batch_norm_function_rule(an, node):
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` (a norm layer whose own ``forward``
@@ -375,7 +388,7 @@ def _rewrite_normalized_shape(gm, node, analysis, keep) -> None:
 # pass through: element-wise and spatial ops
 # ---------------------------------------------------------------------------------------------
 ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
 )

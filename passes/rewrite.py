@@ -91,7 +91,7 @@ def _shrink_module(mod: nn.Module, name: str, io: dict) -> None:
         _shrink_conv(name, mod, keep_in, keep_out)
     elif isinstance(mod, nn.Linear):
         _shrink_linear(mod, keep_in, keep_out)
-    elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+    elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU)):
         _shrink_norm(mod, keep_out)
     elif type(mod) is nn.Module and getattr(mod, "weight", None) is not None and mod.weight.dim() >= 2:
         _shrink_linear(mod, keep_in, keep_out)  # a linear or conv layer the graph reads through get_attr only
@@ -210,6 +210,8 @@ def _shrink_norm(mod: nn.Module, keep) -> None:
         _install(mod, attr, lambda t: t.detach().index_select(dim, index.to(t.device)))
     if isinstance(mod, nn.LayerNorm):
         mod.normalized_shape = (len(keep),)
+    elif isinstance(mod, nn.PReLU):
+        mod.num_parameters = len(keep)
     elif isinstance(mod, nn.GroupNorm):
         mod.num_groups = len(keep) if mod.num_groups == mod.num_channels else mod.num_groups  # else one group
         mod.num_channels = len(keep)

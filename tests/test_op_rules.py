@@ -779,3 +779,19 @@ def test_a_channel_range_keeps_a_channel_when_its_group_drops_all_of_it():
     x = torch.randn(2, 3, 8, 8)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.75)  # 2 of 8 kept: 0 and 7, outside the range
     assert small.c1.out_channels == 3
+
+
+def test_prelu_with_a_slope_per_channel_has_its_slopes_sliced():
+    """nn.PReLU(C) holds one slope per channel (sliced with them); nn.PReLU() one for all (element-wise)."""
+    model = randomize(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.PReLU(16), nn.Conv2d(16, 12, 3, padding=1),
+                                    nn.PReLU(), nn.Conv2d(12, 4, 1)))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.linspace(-0.5, 0.5, 16))  # distinct slopes: a wrong slice shows
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    kept = small.meta["fxprune.plan"].to_dict()["modules"]["1"]["out"]
+    assert small.get_submodule("1").num_parameters == 8
+    assert torch.equal(small.get_submodule("1").weight, model[1].weight[kept])
+    assert small.get_submodule("3").weight.numel() == 1 and small.get_submodule("2").out_channels == 6
+    bn_kept = fxprune.prune(model, x, criterion="bn", ratio=0.5).meta["fxprune.plan"].to_dict()["modules"]
+    assert bn_kept["1"]["out"] == kept  # slopes are no BN scales: bn falls back to l1 here
