@@ -36,8 +36,9 @@ __all__ = ["BranchDecider", "GUARD", "guard_reads", "value_ancestry"]
 #: The function a guard node calls.
 GUARD = torch._assert
 
-_PASSES_DIR = os.path.dirname(os.path.abspath(__file__))
-_TORCH_DIR = os.path.dirname(torch.__file__)
+#: Where torch's and the passes' frames live: not the model's code. With the separator, since
+#: torchvision's files (a model's code) share torch's path prefix.
+NOT_MODEL_CODE = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.abspath(__file__)) + os.sep)
 
 
 class BranchDecider:
@@ -127,7 +128,7 @@ def _caller_line() -> str:
     """The innermost frame of the model's own code: the line that branched."""
     stack = traceback.extract_stack()
     for f in reversed(stack):
-        if not f.filename.startswith((_TORCH_DIR, _PASSES_DIR)):
+        if not f.filename.startswith(NOT_MODEL_CODE):
             return f" at {f.filename}:{f.lineno} (`{(f.line or '').strip()}`)"
     return ""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import functools
-import os
 import traceback
 from typing import Callable, Iterable, Sequence
 
@@ -18,7 +17,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .branches import BranchDecider
+from .branches import NOT_MODEL_CODE, BranchDecider
 from .errors import UntraceableModelError, warn_caller
 from .graph_module import build_graph_module
 from .hooks import refresh_masked
@@ -165,9 +164,7 @@ def computes_as(cls: type, base: type) -> bool:
 
 def _user_source_line(err: Exception) -> str:
     """The deepest traceback frame outside torch: the user's line that broke tracing."""
-    torch_dir = os.path.dirname(torch.__file__)
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(torch_dir)]
-    frames = [f for f in frames if not f.filename.startswith(os.path.dirname(__file__))]
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(NOT_MODEL_CODE)]
     if not frames:
         return ""
     f = frames[-1]

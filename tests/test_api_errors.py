@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import fxprune
@@ -361,6 +362,14 @@ def test_untraceable_root_forward_says_so():
     with pytest.raises(fxprune.UntraceableModelError, match="the model's own forward") as e:
         fxprune.prune(_RootDataDependent(), X, criterion="l1", ratio=0.3)
     assert "if x.mean() > 0" in str(e.value) and "'<root>'" not in str(e.value)
+
+
+def test_untraceable_torchvision_model_names_its_source_line():
+    """torchvision's files are the model's code, not torch's: the line that broke tracing is named."""
+    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None).eval()
+    with pytest.raises(fxprune.UntraceableModelError, match=r"generalized_rcnn\.py:\d+ \(`for img in images:`\)"):
+        fxprune.prune(detector, [torch.randn(3, 64, 64)], criterion="l1", ratio=0.3)
 
 
 @pytest.mark.parametrize("wrap, fix", [
