@@ -187,3 +187,27 @@ def test_weights_saved_from_a_masked_model_load_with_their_masks(tmp_path):
     assert torch_prune.is_pruned(fresh)
     small = fxprune.prune(fresh, x, criterion="l1", ratio=0.25)
     assert torch.equal(small(x), fxprune.prune(masked, x, criterion="l1", ratio=0.25)(x))
+
+
+class _RemembersActivation(nn.Module):
+    """A block that keeps its last output (for a plot, say): after a call in grad mode, a non-leaf tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+
+    def forward(self, x):
+        self.last = torch.relu(self.conv(x))
+        return self.last
+
+
+def test_report_copies_a_model_holding_an_activation_with_autograd_history():
+    model = randomize(nn.Sequential(_RemembersActivation(), nn.Conv2d(16, 4, 1)))
+    x = torch.randn(2, 3, 8, 8)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.5)
+    model(x)  # grad mode: model[0].last now has autograd history, which copy.deepcopy refuses
+    with pytest.raises(RuntimeError, match="deepcopy"):
+        copy.deepcopy(model)
+    numbers = fxprune.report(model, small, x, print_table=False)
+    assert numbers.after.macs_conv_linear == numbers.before.macs_conv_linear // 2  # half the channels of both convs
+    assert model[0].last.grad_fn is not None  # the user's model is left as it was
