@@ -29,6 +29,7 @@ try:  # torch.fx's patches (nn.Module.__call__ -> the tracer) lifted while the e
 except ImportError:  # pragma: no cover
     from contextlib import nullcontext as _untraced
 
+from .errors import PASSES_DIR
 from .shapes import ShapeRunner
 
 __all__ = ["BranchDecider", "GUARD", "guard_reads", "value_ancestry"]
@@ -38,7 +39,7 @@ GUARD = torch._assert
 
 #: Where torch's and the passes' frames live: not the model's code. With the separator, since
 #: torchvision's files (a model's code) share torch's path prefix.
-NOT_MODEL_CODE = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.abspath(__file__)) + os.sep)
+NOT_MODEL_CODE = (os.path.dirname(torch.__file__) + os.sep, PASSES_DIR)
 
 
 class BranchDecider:

@@ -6,7 +6,7 @@ import sys
 import warnings
 
 __all__ = ["FxPruneError", "UntraceableModelError", "UnsupportedOpError", "PlanError", "VerificationError",
-           "VacuousVerificationWarning", "warn_caller"]
+           "VacuousVerificationWarning", "warn_caller", "PASSES_DIR", "FXPRUNE_DIR"]
 
 
 class FxPruneError(Exception):
@@ -34,10 +34,11 @@ class VacuousVerificationWarning(UserWarning):
     (an untrained model whose activations vanish through default BatchNorm statistics, say)."""
 
 
+#: The passes' and the user-facing package's folders (with the separator: ``fxprune_run.py`` beside them is not theirs).
+PASSES_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+FXPRUNE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fxprune") + os.sep
 #: Frames a warning must not point at: fxprune's packages, and the context managers its entry points run in.
-_OWN_FILES = (os.path.dirname(os.path.abspath(__file__)),
-              os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fxprune"),
-              contextlib.__file__)
+_OWN_FILES = (PASSES_DIR, FXPRUNE_DIR, contextlib.__file__)
 
 
 def warn_caller(warning: Warning) -> None:

@@ -38,10 +38,14 @@ def opaque_hook(mod: nn.Module) -> str | None:
     return None
 
 
+def _mask_hooks(mod: nn.Module) -> list[torch_prune.BasePruningMethod]:
+    """The torch.nn.utils.prune masks on ``mod``: forward pre-hooks that compute a masked tensor."""
+    return [hook for hook in mod._forward_pre_hooks.values() if isinstance(hook, torch_prune.BasePruningMethod)]
+
+
 def masked_names(mod: nn.Module) -> list[str]:
     """The tensors of ``mod`` that a torch.nn.utils.prune mask computes (``weight``, ``bias``)."""
-    return [hook._tensor_name for hook in mod._forward_pre_hooks.values()
-            if isinstance(hook, torch_prune.BasePruningMethod)]
+    return [hook._tensor_name for hook in _mask_hooks(mod)]
 
 
 def derived_from(mod: nn.Module, attr: str) -> tuple[str, ...]:
@@ -53,9 +57,10 @@ def derived_from(mod: nn.Module, attr: str) -> tuple[str, ...]:
 
 
 def value_holders(mod: nn.Module, attr: str) -> tuple[str, ...]:
-    """``attr`` and, when a torch.nn.utils.prune mask computes it, ``<attr>_orig``: an in-place edit of
-    ``attr`` alone would be undone when the mask's hook computes it again on the next call."""
-    return (attr, attr + _MASK_SUFFIXES[0]) if attr in masked_names(mod) else (attr,)
+    """``attr`` and, when a torch.nn.utils.prune mask computes it, ``<attr>_orig`` (the leaf it is computed
+    from, last): an in-place edit of ``attr`` alone would be undone when the mask's hook computes it again
+    on the next call."""
+    return (attr, *derived_from(mod, attr)[:1])
 
 
 def refresh_masked(model: nn.Module) -> None:
@@ -65,9 +70,8 @@ def refresh_masked(model: nn.Module) -> None:
     the one the last forward computed, from the ``weight_orig`` before the step. This changes no
     state (``weight`` is in no state_dict), only brings that derived tensor up to date."""
     for mod in model.modules():
-        for hook in list(mod._forward_pre_hooks.values()):
-            if isinstance(hook, torch_prune.BasePruningMethod):
-                hook(mod, ())
+        for hook in _mask_hooks(mod):
+            hook(mod, ())
 
 
 def mask_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

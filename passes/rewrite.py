@@ -25,9 +25,9 @@ from torch import nn
 from .branches import value_ancestry
 from .clone import clone_tree, unshare
 from .dependency import Analysis
-from .hooks import derived_from
 from .errors import PlanError
 from .graph_module import build_graph_module, modules_of
+from .hooks import derived_from
 from .layout import Layout
 from .plan import Plan, kept_mask, module_positions
 

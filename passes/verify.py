@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .hooks import copy_model
 from .errors import VacuousVerificationWarning, VerificationError, warn_caller
+from .hooks import copy_model
 from .modes import eval_mode
 
 __all__ = ["masked_reference", "verify_against", "main_output"]

@@ -11,14 +11,13 @@ exactly as they were. Only weights count, not biases (the filter is its weight r
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PlanError
-from ..hooks import copy_model, masked_names
+from ..hooks import copy_model, value_holders
 from . import register
 from ..verify import main_output
 from .base import Criterion, ScoringContext
@@ -82,7 +81,7 @@ def _gradient_leaf(mod: nn.Module) -> torch.Tensor:
     """The weight the gradient lands on. A torch.nn.utils.prune mask's hook computes ``weight =
     weight_orig * weight_mask`` each call, so its gradient lands on ``weight_orig``; w·g is the same
     there, since a 0/1 mask squares to itself."""
-    return mod.weight_orig if "weight" in masked_names(mod) else mod.weight
+    return getattr(mod, value_holders(mod, "weight")[-1])
 
 
 class Taylor(Criterion):
