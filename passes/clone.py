@@ -79,7 +79,7 @@ def _clone_module(mod: nn.Module, memo: dict[int, Any]) -> nn.Module:
     state["_modules"] = {n: None if c is None else _clone_module(c, memo) for n, c in state["_modules"].items()}
     for key in [k for k, v in state.items() if type(v) not in _IMMUTABLE and k not in _TREE_DICTS]:
         value = state[key]
-        state[key] = type(value)() if not value and type(value) in _FLAT_CONTAINERS else _copy_value(value, memo)
+        state[key] = type(value)() if type(value) in _FLAT_CONTAINERS and not value else _copy_value(value, memo)
     new.__dict__.update(state)
     return new
 

@@ -118,6 +118,8 @@ class Analysis:
     pads: dict[str, tuple[np.ndarray, np.ndarray]]
     frozen_reasons: list[FrozenReason]
     edits: dict[str, list[Callable]] = field(default_factory=dict)
+    #: the (module, attribute) holders of each tied tensor: the rewrite ties their slices again
+    shared: list[list[tuple[str, str]]] = field(default_factory=list)
     subsets: list[np.ndarray] = field(default_factory=list)
     _class_positions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _per_class: dict[int, frozenset[int]] | None = field(default=None, repr=False, compare=False)
@@ -362,6 +364,9 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
 
     an = Analyzer(gm, op_rules.REGISTRY, strict=strict)
     an.run()
+    shared = shared_tensors(an.modules)
+    for owners in shared:
+        _bind_shared(an, owners)
     root_of, group_of = an.uf.snapshot()
     groups = _build_groups(an, root_of, group_of, ignore)
     return Analysis(
@@ -378,7 +383,56 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
         frozen_reasons=[r for _, r in an.frozen],
         edits=an.edits,
         subsets=an.subsets,
+        shared=shared,
     )
+
+
+def shared_tensors(modules: dict[str, nn.Module]) -> list[list[tuple[str, str]]]:
+    """The (module, attribute) holders of every parameter or buffer held under more than one name (tied weights)."""
+    holders: dict[int, list[tuple[str, str]]] = {}
+    for name, mod in modules.items():
+        for store in (mod._parameters, mod._buffers):
+            for attr, t in store.items():
+                if t is not None:
+                    holders.setdefault(id(t), []).append((name, attr))
+    return [owners for owners in holders.values() if len(owners) > 1]
+
+
+def _bind_shared(an: Analyzer, owners: list[tuple[str, str]]) -> None:
+    """A tied tensor must be sliced alike wherever it is held, so the compact model can tie its slices again:
+    the holders' channels are united side by side, or frozen when they do not read it the same way."""
+    sides = [_sliced_sides(an, name, attr) for name, attr in owners]
+    first = sides[0]
+    if all(s is not None and _same_sizes(s, first) for s in sides):
+        for other in sides[1:]:
+            for a, b in zip(first, other):
+                if a is not None:
+                    an.unify(a, b)
+        return
+    names = ", ".join(f"{n}.{a}" for n, a in owners)
+    for side in sides:
+        for elems in side or ():
+            if elems is not None:
+                an.frozen.append((_collect_elems(elems), FrozenReason(
+                    owners[0][0], "shared tensor", f"one tensor is held as {names}, and they do not slice it alike")))
+
+
+def _sliced_sides(an: Analyzer, name: str, attr: str) -> tuple | None:
+    """(input elements, output elements) along which the rewrite slices ``name.attr``: a layer's weight
+    along both, its other tensors along the outputs, a sliced attribute along its one channel dim; None when
+    nothing slices it (the tensor is kept whole)."""
+    role = an.roles.get(name)
+    if role is not None:
+        both = attr == "weight" and role.kind in PRODUCER_KINDS
+        return (role.in_elems if both else None, role.out_elems)
+    target = f"{name}.{attr}" if name else attr
+    if target in an.attr_slices:
+        return (None, an.attr_slices[target][1])
+    return None
+
+
+def _same_sizes(a: tuple, b: tuple) -> bool:
+    return all((x is None) == (y is None) and (x is None or np.size(x) == np.size(y)) for x, y in zip(a, b))
 
 
 def _build_groups(an: Analyzer, root_of: np.ndarray, group_of: np.ndarray, ignore: tuple) -> list[ChannelGroup]:

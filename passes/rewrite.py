@@ -58,6 +58,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
         io = positions.get(target)
         if io is not None:
             _slice_attr(root, target, dim, io["out"])
+    _tie_again(modules, analysis.shared)
     _rewrite_constants(graph, analysis, keep)
     nodes = {n.name: n for n in graph.nodes}
     for name, edits in analysis.edits.items():
@@ -85,6 +86,21 @@ def _planned_tensors(analysis: Analysis, positions: dict) -> list[torch.Tensor]:
 
 
 # ---- modules ----------------------------------------------------------------------------------
+def _tie_again(modules: dict[str, nn.Module], shared: list[list[tuple[str, str]]]) -> None:
+    """Hold one slice wherever the original held one tied tensor (the analysis made every holder slice
+    it alike, or froze them all), so the compact model trains its tied weights as one."""
+    for (name, attr), *others in shared:
+        store = _store(modules[name], attr)
+        for other, other_attr in others:
+            other_store = _store(modules[other], other_attr)
+            if other_store[other_attr].shape == store[attr].shape:
+                other_store[other_attr] = store[attr]
+
+
+def _store(mod: nn.Module, attr: str) -> dict:
+    return mod._parameters if attr in mod._parameters else mod._buffers
+
+
 def _shrink_module(mod: nn.Module, name: str, io: dict) -> None:
     keep_in, keep_out = io.get("in"), io.get("out")
     if isinstance(mod, nn.modules.conv._ConvNd):

@@ -65,7 +65,8 @@ class _LeafTracer(torch.fx.Tracer):
             return True
         if any(fnmatch.fnmatchcase(qualname, pat) for pat in self.leaf_names):
             return True
-        return super().is_leaf_module(m, qualname) or computes_as_torch_layer(type(m))
+        return super().is_leaf_module(m, qualname) or computes_as_torch_layer(type(m)) or \
+            isinstance(m, torch.jit.ScriptModule)  # compiled: no Python forward to trace into
 
     def call_module(self, m, forward, args, kwargs):
         """A leaf becomes one node; any other module is traced through. Unlike the base tracer, no

@@ -2,7 +2,8 @@
 
 The reference is the original itself, for the duration of the check: in eval mode, its conv and
 linear layers see zeros on the input channels the plan removes (temporary forward pre-hooks,
-removed afterwards, so the user's model is left as it was without paying for a copy of it). In
+removed afterwards, so the user's model is left as it was without paying for a copy of it; a layer
+whose weight the graph reads with ``F.conv2d``/``F.linear`` is masked at that call too). In
 float32 the relative error must stay within ``rtol`` (1e-5); otherwise the error names the first
 module whose outputs diverge, found on float64 copies (or says that the gap shrinks with the precision
 there: then it is float32 rounding, amplified by an ill-conditioned network).
@@ -21,10 +22,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import weakref
 from typing import Any, Iterator
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import VacuousVerificationWarning, VerificationError, warn_caller
 from .hooks import copy_model
@@ -49,35 +54,100 @@ ROUNDING_SHRINK = 1e-4
 
 
 @contextlib.contextmanager
-def masked_reference(original: nn.Module, modules: dict[str, dict]) -> Iterator[nn.Module]:
-    """``original`` in eval mode with its channel-mixing layers seeing zeros on removed input channels."""
+def masked_reference(original: nn.Module, modules: dict[str, dict], small: nn.Module | None = None
+                     ) -> Iterator[nn.Module]:
+    """``original`` in eval mode with its channel-mixing layers seeing zeros on removed input channels.
+
+    A layer is masked where it is called (a forward pre-hook on conv and linear modules) and, for the
+    layers whose weight ``small``'s graph reads with ``F.conv*`` / ``F.linear`` (a custom layer calling
+    ``F.conv2d(x, self.weight)``, or a functional call on another layer's weight, which no module hook
+    sees), where that function reads it. Only then does every torch call go through the check."""
     named = dict(original.named_modules())
-    handles = []
+    read_by_functions = functional_weight_reads(small)
+    masked = weakref.WeakValueDictionary()  # id -> input a hook masked already: the weight check skips it
+    by_weight, handles = {}, []
     try:
         with eval_mode(original):
             for name, io in modules.items():
                 mod = named.get(name)
-                if io.get("in") is None or not isinstance(mod, MIXING):
+                if io.get("in") is None or mod is None:
                     continue
-                n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
-                mask = torch.zeros(n)
-                mask[torch.as_tensor(io["in"], dtype=torch.long)] = 1.0
-                hook = _mask_hook(mask, channel_last=isinstance(mod, nn.Linear))
-                handles.append(mod.register_forward_pre_hook(hook))
-            yield original
+                if isinstance(mod, MIXING):
+                    n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+                    hook = _mask_hook(_mask(n, io["in"]), channel_last=isinstance(mod, nn.Linear), masked=masked)
+                    handles.append(mod.register_forward_pre_hook(hook))
+                weight = getattr(mod, "weight", None)
+                if name in read_by_functions and _reads_all_inputs(mod, weight, io["in"]):
+                    by_weight[id(weight)] = (weight, _mask(weight.shape[1], io["in"]))
+            with _MaskLayerCalls(by_weight, masked) if by_weight else contextlib.nullcontext():
+                yield original
     finally:
         for h in handles:
             h.remove()
 
 
-def _mask_hook(mask: torch.Tensor, channel_last: bool):
+def functional_weight_reads(gm: nn.Module | None) -> set[str]:
+    """The layers whose weight ``gm``'s graph passes to ``F.conv*`` / ``F.linear`` (their module calls were
+    traced through, or never made)."""
+    if not isinstance(gm, torch.fx.GraphModule):
+        return set()
+    found = set()
+    for node in gm.graph.nodes:
+        weight = node.args[1] if node.op == "call_function" and node.target in _LAYER_FUNCTIONS \
+            and len(node.args) > 1 else None
+        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and weight.target.endswith(".weight"):
+            found.add(weight.target[: -len(".weight")])
+    return found
+
+
+def _reads_all_inputs(mod: nn.Module, weight: Any, kept: list[int]) -> bool:
+    """Does ``weight``'s dim 1 index all of the layer's input channels (not one group's)?"""
+    return (isinstance(weight, torch.Tensor) and weight.dim() >= 2 and getattr(mod, "groups", 1) == 1
+            and max(kept, default=-1) < weight.shape[1])
+
+
+def _mask(n: int, kept: list[int]) -> torch.Tensor:
+    mask = torch.zeros(n)
+    mask[torch.as_tensor(kept, dtype=torch.long)] = 1.0
+    return mask
+
+
+def _masked_input(x: torch.Tensor, mask: torch.Tensor, channel_last: bool) -> torch.Tensor:
+    shape = [1] * x.dim()
+    shape[-1 if channel_last else 1] = -1
+    return x * mask.view(shape).to(x)
+
+
+def _mask_hook(mask: torch.Tensor, channel_last: bool, masked: weakref.WeakValueDictionary):
     def hook(_mod, args):
-        x = args[0]
-        shape = [1] * x.dim()
-        shape[-1 if channel_last else 1] = -1
-        return (x * mask.view(shape).to(x),) + tuple(args[1:])
+        x = _masked_input(args[0], mask, channel_last)
+        masked[id(x)] = x
+        return (x,) + tuple(args[1:])
 
     return hook
+
+
+#: The functional layers whose weight's dim 1 indexes the input channels (of an ungrouped conv).
+_LAYER_FUNCTIONS = {F.conv1d: False, F.conv2d: False, F.conv3d: False, F.linear: True}
+
+
+class _MaskLayerCalls(TorchFunctionMode):
+    """Masks the input of ``F.conv*`` / ``F.linear`` calls whose weight is a planned layer's weight."""
+
+    def __init__(self, by_weight: dict[int, tuple[torch.Tensor, torch.Tensor]], masked: weakref.WeakValueDictionary):
+        super().__init__()
+        self.by_weight, self.masked = by_weight, masked
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        channel_last = _LAYER_FUNCTIONS.get(func)
+        if channel_last is not None and len(args) > 1 and id(args[1]) in self.by_weight:
+            weight, mask = self.by_weight[id(args[1])]
+            groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+            x = args[0]
+            if weight is args[1] and groups == 1 and self.masked.get(id(x)) is not x:
+                args = (_masked_input(x, mask, channel_last), *args[1:])
+        return func(*args, **kwargs)
 
 
 def main_output(out: Any) -> torch.Tensor:
@@ -109,7 +179,7 @@ def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dic
     if err > rtol:
         raise VerificationError(f"compact model differs from the masked original: rel err {err:.2e} > {rtol:.0e}; "
                                 f"{_diagnose(original, small, modules, inputs, rtol, err)}")
-    with masked_reference(original, modules) as ref, torch.no_grad():
+    with masked_reference(original, modules, small) as ref, torch.no_grad():
         _warn_if_vacuous(ref, out, inputs, rtol)
     return err
 
@@ -117,7 +187,7 @@ def verify_against(original: nn.Module, small: nn.Module, modules: dict[str, dic
 def _masked_error(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple
                   ) -> tuple[float, torch.Tensor]:
     """(relative error of ``small`` against the masked original, the masked original's main output)."""
-    with masked_reference(original, modules) as ref, eval_mode(small), torch.no_grad():
+    with masked_reference(original, modules, small) as ref, eval_mode(small), torch.no_grad():
         a = main_output(ref(*inputs))
         b = main_output(small(*inputs))
     if a.shape != b.shape:
@@ -158,7 +228,7 @@ def _all_float64(model: nn.Module) -> bool:
 
 
 def _locate(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float) -> str:
-    with masked_reference(original, modules) as ref, eval_mode(small):
+    with masked_reference(original, modules, small) as ref, eval_mode(small):
         return first_divergence(ref, small, modules, inputs, rtol)
 
 

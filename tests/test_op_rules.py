@@ -524,6 +524,113 @@ def test_a_leaf_subclass_with_its_own_forward_is_not_pruned_as_its_layer():
     assert small.conv1.out_channels == 16 and small.std.out_channels == 16
 
 
+# ---- layers used through their weight, tied weights, scripted submodules ---------------------------
+class PlainConv(nn.Module):
+    """A research-code conv layer: its own parameters, ``F.conv2d`` in its forward (not an nn.Conv2d)."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, 3, 3) * (2.0 / (9 * c_in)) ** 0.5)
+        self.bias = nn.Parameter(torch.randn(c_out) * 0.1)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, padding=1)
+
+
+class WeightReadNet(nn.Module):
+    """A custom conv layer, and a conv layer never called whose weight ``F.conv2d`` reads directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = PlainConv(3, 16)
+        self.body = PlainConv(16, 16)
+        self.side = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.body(torch.relu(self.stem(x))))
+        z = F.conv2d(y, self.side.weight, self.side.bias)
+        return self.fc(F.adaptive_avg_pool2d(torch.cat([y, z], 1), 1).flatten(1))
+
+
+def test_layers_used_through_their_weight_are_masked_by_verify_like_called_ones():
+    """verify masks the removed inputs of every F.conv2d reading a planned layer's weight, not only of
+    nn.Conv2d calls: it used to fail these right compact models (rel err ~0.2-0.5)."""
+    model = WeightReadNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    modules = small.meta["fxprune.plan"].modules
+    assert len(modules["body"]["in"]) == 8 and len(modules["side"]["in"]) == 8
+    with torch.no_grad():  # the oracle still catches a wrong compact model there
+        small.side.weight[:, [0, 1]] = small.side.weight[:, [1, 0]].clone()
+    with pytest.raises(fxprune.VerificationError):
+        fxprune.verify(model, small, x)
+
+
+class TiedNet(nn.Module):
+    """Two convs holding one weight tensor (a weight-shared block applied twice)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.again = nn.Conv2d(16, 16, 3, padding=1)
+        self.again.weight = self.block.weight
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.block(torch.relu(self.stem(x))))
+        y = torch.relu(self.again(y))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_tied_weights_are_sliced_alike_and_stay_tied():
+    model = randomize(TiedNet())
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    modules = small.meta["fxprune.plan"].modules
+    assert modules["block"] == modules["again"] and len(modules["block"]["out"]) == 8
+    assert small.block.weight is small.again.weight  # one tensor: fine-tuning updates both uses
+    assert small.block.bias is not small.again.bias  # untied in the original, untied in the compact model
+
+
+def test_a_bias_tied_across_two_layers_unites_their_output_channels():
+    model = randomize(TiedNet())
+    model.block.bias = model.stem.bias  # the stem's and the block's outputs: two channel spaces, one bias
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    modules = small.meta["fxprune.plan"].modules
+    assert modules["stem"]["out"] == modules["block"]["out"] and len(modules["stem"]["out"]) == 8
+    assert small.block.bias is small.stem.bias and small.block.weight is small.again.weight
+
+
+def test_a_tied_tensor_that_one_holder_keeps_whole_freezes_the_others_channels():
+    """A holder that fxprune keeps opaque (a hook it cannot see through) cannot take a slice, so no holder may."""
+    model = randomize(TiedNet())
+    model.again.register_forward_hook(lambda mod, args, out: out * 2.0)
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x)
+    frozen = [g for g in analysis.groups if any("one tensor is held as block.weight, again.weight" in r.reason
+                                                for r in g.reasons)]
+    assert {m for g in frozen for m in g.members} >= {("block", "in"), ("block", "out")}
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.block.weight.shape == (16, 16, 3, 3) and small.block.weight is small.again.weight
+
+
+def test_a_scripted_submodule_is_kept_whole_and_its_channels_unpruned():
+    """FX cannot trace into TorchScript: the scripted module stays one opaque call, its channels whole."""
+    model = randomize(TiedNet())
+    with pytest.warns(FutureWarning):  # torch.jit.script is deprecated, still found in users' models
+        model.block = torch.jit.script(model.block)
+    model.again.weight = nn.Parameter(model.block.weight.detach().clone())
+    x = torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x)
+    assert any(r.node == "block" and "RecursiveScriptModule" in r.op for g in analysis.groups for r in g.reasons)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert isinstance(small.block, torch.jit.ScriptModule)
+    assert small.stem.out_channels == 16 and small.again.in_channels == 16 and small.again.out_channels == 8
+
+
 # ---- packed q, k, v with unbind and scaled_dot_product_attention (timm's Attention) -------------------
 class PackedAttentionBlock(nn.Module):
     def __init__(self, dim=16, heads=2):
