@@ -3,7 +3,8 @@
 Each generated network keeps a pool of tensors (same spatial size) and appends ops that read one or
 two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, residual add and
 multiply, SE gating, channel concat, chunk, uneven split, channel slices (strided ones freeze),
-channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a linear layer over channels
+channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a conv sharing an earlier conv's
+weight, ``F.conv2d`` on an earlier conv's weight, a linear layer over channels
 (permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
 channels and must freeze), pooling and upsampling. A head reads a random subset of the pool. Pruned
 with ``l1`` at a random ratio, per group or network-wide, optionally ``round_to``, and ``strict``
@@ -24,7 +25,7 @@ from conftest import prune_and_check, randomize, rejecting_vacuous_examples
 
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
        "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
-       "stride", "upsample", "dense"]
+       "stride", "upsample", "dense", "tied", "fconv"]
 EXAMPLES = int(os.environ.get("FXPRUNE_FUZZ_EXAMPLES", "100"))
 
 
@@ -93,6 +94,18 @@ class RandomGraphNet(nn.Module):
             if widths[b] != ca:
                 self.layers[name] = nn.Conv2d(widths[b], ca, 1)
             out = ca
+        elif op in ("tied", "fconv"):
+            earlier = self._conv_reading(ca)
+            if earlier is None:
+                return self._add(i, "conv3" if op == "tied" else "relu", picks, w, widths)
+            if op == "fconv":  # F.conv2d on the earlier layer's own weight, that layer not called here
+                self.program.append((op, (a, b), earlier))
+                widths.append(self.layers[earlier].out_channels)
+                return
+            conv = self.layers[earlier]
+            self.layers[name] = nn.Conv2d(ca, conv.out_channels, conv.kernel_size, padding=conv.padding)
+            self.layers[name].weight = conv.weight  # a weight-shared layer
+            out = conv.out_channels
         elif op == "dense":  # flatten -> linear -> back to a 1x1 map: every channel owns H*W features
             self.layers[name] = nn.Linear(ca * 8 * 8, w)
             out = w
@@ -100,6 +113,11 @@ class RandomGraphNet(nn.Module):
             out = ca
         self.program.append((op, (a, b), name if name in self.layers else None))
         widths.append(out)
+
+    def _conv_reading(self, channels):
+        """An earlier ungrouped conv layer reading ``channels`` channels, if any."""
+        return next((n for n, m in self.layers.items()
+                     if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels == channels), None)
 
     def forward(self, x):
         pool = [self.stem(x)]
@@ -110,8 +128,10 @@ class RandomGraphNet(nn.Module):
 
     @staticmethod
     def _run(op, x, y, layer):
-        if op in ("conv3", "conv1", "grouped", "depthwise", "bn"):
+        if op in ("conv3", "conv1", "grouped", "depthwise", "bn", "tied"):
             return layer(x)
+        if op == "fconv":
+            return F.conv2d(x, layer.weight, layer.bias, padding=layer.padding)
         if op == "relu":
             return F.relu(x)
         if op in ("add", "mul"):
