@@ -232,7 +232,7 @@ MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d
 AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d
 Flatten Unflatten Upsample UpsamplingNearest2d UpsamplingBilinear2d PixelShuffle PixelUnshuffle ChannelShuffle
 ZeroPad2d ConstantPad1d ConstantPad2d ConstantPad3d ReflectionPad1d ReflectionPad2d ReplicationPad1d ReplicationPad2d
-Embedding MultiheadAttention
+Embedding MultiheadAttention RNN LSTM GRU
 """.split()
 
 #: Leaf module types rebuilt from constructor arguments (name -> class).
@@ -256,6 +256,14 @@ _ARG_GETTERS: dict[str, Callable[[nn.Module], Any]] = {
 }
 
 _SKIPPED_ARGS = {"self", "device", "dtype"}
+
+#: Constructor arguments of classes whose ``__init__`` takes ``*args, **kwargs`` (each kept as an attribute).
+_RECURRENT_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+_NAMED_ARGS: dict[str, tuple[str, ...]] = {
+    "LSTM": _RECURRENT_ARGS + ("proj_size",),
+    "GRU": _RECURRENT_ARGS,
+    "RNN": _RECURRENT_ARGS + ("nonlinearity",),
+}
 
 
 def _qualname(cls: type) -> str:
@@ -285,6 +293,9 @@ def _decode_value(value: Any) -> Any:
 def _ctor_args(name: str, module: nn.Module) -> dict[str, Any]:
     """Recover constructor arguments from attributes, guided by the ``__init__`` signature."""
     cls = type(module)
+    named = _NAMED_ARGS.get(cls.__name__)
+    if named is not None:
+        return {p: _encode_value(getattr(module, p), f"module {name!r} argument {p!r}") for p in named}
     args: dict[str, Any] = {}
     for pname, param in inspect.signature(cls.__init__).parameters.items():
         if pname in _SKIPPED_ARGS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

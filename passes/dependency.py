@@ -54,7 +54,7 @@ class ModuleRole:
     """How one parameterized module reads and writes channel elements.
 
     kind: "conv" | "linear" | "norm" (per-channel parameters) | "channelwise" (per-channel, not a norm:
-    PReLU's slopes). ``in_elems`` index the module's input
+    PReLU's slopes) | "transposed" / "recurrent" (input channels only). ``in_elems`` index the module's input
     channels (a Linear's input features), ``out_elems`` its output channels; None when it has none.
     ``order`` is the module's first node position, ``input_order`` that of the node feeding it.
     """
@@ -177,6 +177,9 @@ Rule = Callable[["Analyzer", torch.fx.Node], Any]
 
 #: Module roles whose output channels are new channels (a group needs one to be prunable).
 PRODUCER_KINDS = ("conv", "linear")
+#: The tensors the rewrite slices along a layer's input channels, by role kind (all others: along its outputs).
+INPUT_SLICED = {"conv": ("weight",), "linear": ("weight",), "transposed": ("weight",),
+                "recurrent": ("weight_ih_l0", "weight_ih_l0_reverse")}
 
 
 class Analyzer:
@@ -423,8 +426,8 @@ def _sliced_sides(an: Analyzer, name: str, attr: str) -> tuple | None:
     nothing slices it (the tensor is kept whole)."""
     role = an.roles.get(name)
     if role is not None:
-        both = attr == "weight" and role.kind in PRODUCER_KINDS
-        return (role.in_elems if both else None, role.out_elems)
+        reads_inputs = attr in INPUT_SLICED.get(role.kind, ())
+        return (role.in_elems if reads_inputs else None, role.out_elems)
     target = f"{name}.{attr}" if name else attr
     if target in an.attr_slices:
         return (None, an.attr_slices[target][1])

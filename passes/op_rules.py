@@ -240,6 +240,47 @@ def batchnorm_rule(an, node):
     return an.layout(src)
 
 
+@REGISTRY.module(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def transposed_conv_rule(an, node):
+    """A transposed conv (a decoder's upsampling) reads its input channels along its weight's dim 0, so
+    those may be pruned with the layer writing them. Its output channels are kept: it is not scored as a
+    producer, whose filters every criterion takes as weight rows. Grouped, it stays whole."""
+    conv = an.module(node)
+    if conv.groups > 1:
+        return an.opaque(node, "grouped transposed conv")
+    in_elems = _channel_elems(an, node, node.args[0], 1, "transposed conv input channels are not a simple axis")
+    out = an.fresh(conv.out_channels, 1, len(an.shape(node)))
+    an.freeze(out, node, "a transposed conv's output channels are not pruned (its input channels are)")
+    if in_elems is not None:
+        an.record_module(node, "transposed", in_elems, None)
+    return out
+
+
+@REGISTRY.module(nn.RNN, nn.LSTM, nn.GRU)
+def recurrent_rule(an, node):
+    """A recurrent layer reads its input features like a linear layer (the first layer's input
+    weights, both directions), so the features it reads may be pruned: a CRNN's conv channels, flattened
+    with the height into features. Its hidden units and initial state are kept (frozen): they feed back
+    into every gate."""
+    in_elems = _channel_elems(an, node, node.args[0], -1, "recurrent layer input features are not a simple axis")
+    for state in node.all_input_nodes[1:]:
+        an.freeze(an.layout(state), node, "a recurrent layer's state is not pruned")
+    out = _fresh_features(an, node.meta.get(SHAPE))
+    an.freeze(out, node, "a recurrent layer's hidden units are not pruned")
+    if in_elems is not None:
+        an.record_module(node, "recurrent", in_elems, None)
+    return out
+
+
+def _fresh_features(an, shape: Any) -> Any:
+    """Fresh elements along the last dim (features) of every tensor in a (nested) tuple of shapes."""
+    if isinstance(shape, torch.Size):
+        return an.fresh(shape[-1], len(shape) - 1, len(shape))
+    if isinstance(shape, (tuple, list)):
+        return tuple(_fresh_features(an, s) for s in shape)
+    return None
+
+
 @REGISTRY.module(nn.PReLU)
 def prelu_rule(an, node):
     """One slope for all channels: element-wise. One slope per channel (``nn.PReLU(C)``): per channel

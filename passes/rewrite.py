@@ -103,10 +103,14 @@ def _store(mod: nn.Module, attr: str) -> dict:
 
 def _shrink_module(mod: nn.Module, name: str, io: dict) -> None:
     keep_in, keep_out = io.get("in"), io.get("out")
-    if isinstance(mod, nn.modules.conv._ConvNd):
+    if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+        _shrink_transposed(mod, keep_in)
+    elif isinstance(mod, nn.modules.conv._ConvNd):
         _shrink_conv(name, mod, keep_in, keep_out)
     elif isinstance(mod, nn.Linear):
         _shrink_linear(mod, keep_in, keep_out)
+    elif isinstance(mod, nn.RNNBase):
+        _shrink_recurrent(mod, keep_in)
     elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU)):
         _shrink_norm(mod, keep_out)
     elif type(mod) is nn.Module and getattr(mod, "weight", None) is not None and mod.weight.dim() >= 2:
@@ -215,6 +219,24 @@ def _shrink_linear(lin: nn.Module, keep_in, keep_out) -> None:
     if isinstance(lin, nn.Linear):
         lin.in_features = len(keep_in) if keep_in is not None else lin.in_features
         lin.out_features = len(keep_out) if keep_out is not None else lin.out_features
+
+
+def _shrink_transposed(conv: nn.Module, keep_in) -> None:
+    """Its weight is (in, out, k...): the removed input channels are rows of it."""
+    if keep_in is not None:
+        _install(conv, "weight", lambda t: _take(t, 0, keep_in))
+        conv.in_channels = len(keep_in)
+
+
+def _shrink_recurrent(rnn: nn.RNNBase, keep_in) -> None:
+    """The first layer's input weights (each direction) lose the removed input features."""
+    if keep_in is None:
+        return
+    for attr in ("weight_ih_l0", "weight_ih_l0_reverse"):
+        if hasattr(rnn, attr):
+            _install(rnn, attr, lambda t: _take(t, 1, keep_in))
+    rnn.input_size = len(keep_in)
+    rnn._init_flat_weights()  # the forward reads the weights through this list, not the attributes
 
 
 def _shrink_norm(mod: nn.Module, keep) -> None:

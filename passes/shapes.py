@@ -43,6 +43,10 @@ _SAME_SHAPE_TYPES = {
 }
 
 
+def _shapes_of(inputs: Sequence[Any]) -> str:
+    return ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+
+
 # ---- shape formulas for leaf modules ------------------------------------------------------------
 def _conv_shape(conv: nn.modules.conv._ConvNd, shape: torch.Size) -> tuple[int, ...] | None:
     n = len(conv.kernel_size)
@@ -174,13 +178,19 @@ class ShapeRunner:
                 raise
             except Exception as e:
                 raise UntraceableModelError(
-                    f"shape propagation failed at node {node.format_node()}: {type(e).__name__}: {e}"
+                    f"the model fails on the example inputs ({_shapes_of(inputs)}) at {self._where(node)}: "
+                    f"{type(e).__name__}: {e}. Pass example_inputs of the shape and dtype the model expects"
                 ) from e
             _record(node, value)
             env[node] = value
             for inp in node.all_input_nodes:
                 if last_use.get(inp) is node:
                     del env[inp]
+
+    def _where(self, node: torch.fx.Node) -> str:
+        if node.op == "call_module":
+            return f"module '{node.target}' ({type(self.modules[node.target]).__name__})"
+        return f"node {node.format_node()}"
 
     @staticmethod
     def placeholder(node: torch.fx.Node, pending: list) -> Any:

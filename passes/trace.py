@@ -189,6 +189,7 @@ def trace(
     inputs as a tuple (the default one is made here when none was given).
     """
     _refuse_wrappers(model)
+    _refuse_uninitialized(model)
     refresh_masked(model)  # torch.nn.utils.prune's weights, as the model's next call would compute them
     inputs = _as_tuple(example_inputs) if example_inputs is not None else default_example_inputs(model)
     names, types = _split_leaves(leaf_modules)
@@ -302,8 +303,25 @@ def _stand_in(model: nn.Module) -> nn.Module:
     return root
 
 
+def _refuse_uninitialized(model: nn.Module) -> None:
+    """Lazy layers (``nn.LazyConv2d``) learn their sizes on the first call; before it there is nothing to prune."""
+    lazy = [name for name, m in model.named_modules()
+            if any(isinstance(p, nn.parameter.UninitializedTensorMixin) for p in m.parameters(recurse=False))]
+    if lazy:
+        where = ", ".join(f"'{n}' ({type(model.get_submodule(n)).__name__})" for n in lazy[:3])
+        raise UntraceableModelError(
+            f"{'modules' if len(lazy) > 1 else 'module'} {where}{' ...' if len(lazy) > 3 else ''} "
+            f"{'have' if len(lazy) > 1 else 'has'} parameters not initialized yet (lazy layers): "
+            "run the model once on an input, model(x), which sets their sizes, then prune it")
+
+
 def _as_tuple(x) -> tuple[torch.Tensor, ...]:
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    for i, item in enumerate(inputs):
+        if type(item).__module__ == "numpy":
+            raise UntraceableModelError(f"example input {i} is a numpy {type(item).__name__}, not a tensor: pass "
+                                        "torch.from_numpy(x) (float32 for most models)")
+    return inputs
 
 
 def default_example_inputs(model: nn.Module, size: int = 224) -> tuple[torch.Tensor, ...]:

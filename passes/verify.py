@@ -37,7 +37,7 @@ from .modes import eval_mode
 
 __all__ = ["masked_reference", "verify_against", "main_output"]
 
-MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.RNNBase, nn.modules.conv._ConvTransposeNd)
 
 #: A pass is vacuous when the output moves by less than this many ``rtol`` between two random inputs: an
 #: error in the input-dependent part of the output as large as 1/this of it would then go unseen.
@@ -73,8 +73,8 @@ def masked_reference(original: nn.Module, modules: dict[str, dict], small: nn.Mo
                 if io.get("in") is None or mod is None:
                     continue
                 if isinstance(mod, MIXING):
-                    n = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
-                    hook = _mask_hook(_mask(n, io["in"]), channel_last=isinstance(mod, nn.Linear), masked=masked)
+                    n, channel_last = _input_width(mod)
+                    hook = _mask_hook(_mask(n, io["in"]), channel_last=channel_last, masked=masked)
                     handles.append(mod.register_forward_pre_hook(hook))
                 weight = getattr(mod, "weight", None)
                 if name in read_by_functions and _reads_all_inputs(mod, weight, io["in"]):
@@ -98,6 +98,15 @@ def functional_weight_reads(gm: nn.Module | None) -> set[str]:
         if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and weight.target.endswith(".weight"):
             found.add(weight.target[: -len(".weight")])
     return found
+
+
+def _input_width(layer: nn.Module) -> tuple[int, bool]:
+    """(input channels or features, whether they lie along the last dim) of a channel-mixing layer."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, True
+    if isinstance(layer, nn.RNNBase):
+        return layer.input_size, True
+    return layer.in_channels, False
 
 
 def _reads_all_inputs(mod: nn.Module, weight: Any, kept: list[int]) -> bool:

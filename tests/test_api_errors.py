@@ -86,6 +86,29 @@ def test_no_conv_and_no_example_input():
         fxprune.prune(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), criterion="l1", ratio=0.3)
 
 
+def test_an_example_input_that_does_not_fit_names_the_layer_and_its_shape(model):
+    with pytest.raises(fxprune.UntraceableModelError,
+                       match=r"fails on the example inputs \(\(1, 4, 32, 32\)\) at module 'conv1' \(Conv2d\).*"
+                             r"expected input\[1, 4, 32, 32\] to have 3 channels.*shape and dtype"):
+        fxprune.prune(model, torch.randn(1, 4, 32, 32), criterion="l1", ratio=0.3)
+
+
+def test_a_numpy_example_input_says_to_convert_it(model):
+    with pytest.raises(fxprune.UntraceableModelError, match=r"numpy ndarray, not a tensor: pass torch.from_numpy"):
+        fxprune.prune(model, X.numpy(), criterion="l1", ratio=0.3)
+
+
+def test_lazy_layers_not_yet_run_are_named_with_the_fix():
+    net = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(fxprune.UntraceableModelError,
+                       match=r"modules '0' \(LazyConv2d\), '3' \(LazyLinear\) have parameters not initialized.*"
+                             r"model\(x\)"):
+        fxprune.prune(net, torch.randn(1, 3, 8, 8), criterion="l1", ratio=0.3)
+    net(torch.randn(1, 3, 8, 8))  # after one call they are plain layers
+    small = fxprune.prune(net, torch.randn(1, 3, 8, 8), criterion="l1", ratio=0.5)
+    assert small.get_submodule("0").out_channels == 4
+
+
 def test_training_mode_model_stays_in_training_mode_and_unchanged(model):
     model.train()
     before = state_copy(model)

@@ -631,6 +631,78 @@ def test_a_scripted_submodule_is_kept_whole_and_its_channels_unpruned():
     assert small.stem.out_channels == 16 and small.again.in_channels == 16 and small.again.out_channels == 8
 
 
+# ---- recurrent layers reading conv features (CRNN) ---------------------------------------------------
+class CRNN(nn.Module):
+    """Text/audio recognition: conv features, each column's channels x height flattened into an RNN."""
+
+    def __init__(self, kind="LSTM", **rnn_args):
+        super().__init__()
+        self.cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d((4, 1)))
+        self.rnn = getattr(nn, kind)(16 * 2, 12, batch_first=True, **rnn_args)
+        self.fc = nn.Linear(12 * (2 if rnn_args.get("bidirectional") else 1), 7)
+
+    def forward(self, x):
+        f = self.cnn(x)
+        n, c, h, w = f.shape
+        y, _ = self.rnn(f.permute(0, 3, 1, 2).reshape(n, w, c * h))
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("kind, rnn_args", [("LSTM", {"num_layers": 2, "bidirectional": True}), ("GRU", {}),
+                                            ("RNN", {"nonlinearity": "relu", "bidirectional": True})])
+def test_a_recurrent_layer_has_its_input_features_pruned_with_the_conv_channels(kind, rnn_args, tmp_path):
+    model = randomize(CRNN(kind, **rnn_args))
+    x = torch.randn(2, 1, 16, 24, generator=torch.Generator().manual_seed(0))
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.get_submodule("cnn.4").out_channels == 8 and small.rnn.input_size == 16  # 8 channels x height 2
+    assert small.rnn.hidden_size == 12 and small.fc.in_features == model.fc.in_features  # hidden units kept
+    kept = small.meta["fxprune.plan"].modules["rnn"]["in"]
+    for attr in [a for a in ("weight_ih_l0", "weight_ih_l0_reverse") if hasattr(model.rnn, a)]:
+        assert torch.equal(getattr(small.rnn, attr), getattr(model.rnn, attr)[:, kept])
+    fxprune.save(small, tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(fxprune.load(tmp_path / "saved")(x), small(x))
+        small.rnn.weight_ih_l0[:, :2] *= -1  # two input features (channel 0's first rows) read wrongly
+    with pytest.raises(fxprune.VerificationError):  # verify masks the recurrent layer's removed inputs
+        fxprune.verify(model, small, x)
+
+
+class Decoder(nn.Module):
+    """An encoder conv and a transposed-conv upsampling (segmentation decoders, autoencoders)."""
+
+    def __init__(self, groups=1):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.up = nn.ConvTranspose2d(16, 12, 2, stride=2, groups=groups)
+        self.head = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.up(torch.relu(self.bn(self.enc(x))))))
+
+
+def test_a_transposed_conv_has_its_input_channels_pruned_and_its_outputs_kept():
+    model = randomize(Decoder())
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    kept = small.meta["fxprune.plan"].modules["up"]["in"]
+    assert small.enc.out_channels == 8 and small.up.in_channels == 8 and small.up.out_channels == 12
+    assert torch.equal(small.up.weight, model.up.weight[kept]) and torch.equal(small.up.bias, model.up.bias)
+    assert any("transposed conv's output channels" in r.reason for g in fxprune.analyze(model, x).groups
+               for r in g.reasons)
+    with torch.no_grad():  # verify masks the transposed conv's removed inputs: a wrong slice is caught
+        small.up.weight[:2] *= -1  # two input channels read wrongly
+    with pytest.raises(fxprune.VerificationError):
+        fxprune.verify(model, small, x)
+
+
+def test_a_grouped_transposed_conv_stays_whole():
+    model = randomize(Decoder(groups=4))
+    x = torch.randn(2, 3, 8, 8)
+    assert all(g.frozen for g in fxprune.analyze(model, x).groups)
+
+
 # ---- packed q, k, v with unbind and scaled_dot_product_attention (timm's Attention) -------------------
 class PackedAttentionBlock(nn.Module):
     def __init__(self, dim=16, heads=2):
