@@ -30,7 +30,7 @@ import torch.fx
 from torch import nn
 
 from .graph_module import modules_of
-from .hooks import opaque_hook
+from .hooks import derived_from, masked_names, opaque_hook
 from .layout import Layout, UnionFind, concat_segments, uniform_segments, unique_ints
 from .shapes import SHAPE, VALUE
 
@@ -426,12 +426,18 @@ def _sliced_sides(an: Analyzer, name: str, attr: str) -> tuple | None:
     nothing slices it (the tensor is kept whole)."""
     role = an.roles.get(name)
     if role is not None:
-        reads_inputs = attr in INPUT_SLICED.get(role.kind, ())
+        reads_inputs = _masked_value(an.modules[name], attr) in INPUT_SLICED.get(role.kind, ())
         return (role.in_elems if reads_inputs else None, role.out_elems)
     target = f"{name}.{attr}" if name else attr
     if target in an.attr_slices:
         return (None, an.attr_slices[target][1])
     return None
+
+
+def _masked_value(mod: nn.Module, attr: str) -> str:
+    """The tensor a torch.nn.utils.prune mask computes from ``attr`` (``weight`` from ``weight_orig`` and
+    ``weight_mask``), which the rewrite slices alike; else ``attr`` itself."""
+    return next((value for value in masked_names(mod) if attr in derived_from(mod, value)), attr)
 
 
 def _same_sizes(a: tuple, b: tuple) -> bool:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .branches import value_ancestry
 from .clone import clone_tree, unshare
-from .dependency import Analysis
+from .dependency import INPUT_SLICED, Analysis
 from .errors import PlanError
 from .graph_module import build_graph_module, modules_of
 from .hooks import derived_from
@@ -88,12 +88,13 @@ def _planned_tensors(analysis: Analysis, positions: dict) -> list[torch.Tensor]:
 # ---- modules ----------------------------------------------------------------------------------
 def _tie_again(modules: dict[str, nn.Module], shared: list[list[tuple[str, str]]]) -> None:
     """Hold one slice wherever the original held one tied tensor (the analysis made every holder slice
-    it alike, or froze them all), so the compact model trains its tied weights as one."""
+    it alike, or froze them all), so the compact model trains its tied weights as one. Slices that differ
+    stay apart: tying them would change what a layer computes."""
     for (name, attr), *others in shared:
         store = _store(modules[name], attr)
         for other, other_attr in others:
             other_store = _store(modules[other], other_attr)
-            if other_store[other_attr].shape == store[attr].shape:
+            if other_store[other_attr].shape == store[attr].shape and torch.equal(other_store[other_attr], store[attr]):
                 other_store[other_attr] = store[attr]
 
 
@@ -232,7 +233,7 @@ def _shrink_recurrent(rnn: nn.RNNBase, keep_in) -> None:
     """The first layer's input weights (each direction) lose the removed input features."""
     if keep_in is None:
         return
-    for attr in ("weight_ih_l0", "weight_ih_l0_reverse"):
+    for attr in INPUT_SLICED["recurrent"]:
         if hasattr(rnn, attr):
             _install(rnn, attr, lambda t: _take(t, 1, keep_in))
     rnn.input_size = len(keep_in)

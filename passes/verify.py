@@ -65,7 +65,7 @@ def masked_reference(original: nn.Module, modules: dict[str, dict], small: nn.Mo
     named = dict(original.named_modules())
     read_by_functions = functional_weight_reads(small)
     masked = weakref.WeakValueDictionary()  # id -> input a hook masked already: the weight check skips it
-    by_weight, handles = {}, []
+    read_layers, handles = [], []
     try:
         with eval_mode(original):
             for name, io in modules.items():
@@ -78,8 +78,8 @@ def masked_reference(original: nn.Module, modules: dict[str, dict], small: nn.Mo
                     handles.append(mod.register_forward_pre_hook(hook))
                 weight = getattr(mod, "weight", None)
                 if name in read_by_functions and _reads_all_inputs(mod, weight, io["in"]):
-                    by_weight[id(weight)] = (weight, _mask(weight.shape[1], io["in"]))
-            with _MaskLayerCalls(by_weight, masked) if by_weight else contextlib.nullcontext():
+                    read_layers.append((mod, _mask(weight.shape[1], io["in"])))
+            with _MaskLayerCalls(read_layers, masked) if read_layers else contextlib.nullcontext():
                 yield original
     finally:
         for h in handles:
@@ -141,20 +141,21 @@ _LAYER_FUNCTIONS = {F.conv1d: False, F.conv2d: False, F.conv3d: False, F.linear:
 
 
 class _MaskLayerCalls(TorchFunctionMode):
-    """Masks the input of ``F.conv*`` / ``F.linear`` calls whose weight is a planned layer's weight."""
+    """Masks the input of ``F.conv*`` / ``F.linear`` calls whose weight is a planned layer's weight: the
+    layer's weight *now* (a torch.nn.utils.prune mask computes a new one before each call of the layer)."""
 
-    def __init__(self, by_weight: dict[int, tuple[torch.Tensor, torch.Tensor]], masked: weakref.WeakValueDictionary):
+    def __init__(self, layers: list[tuple[nn.Module, torch.Tensor]], masked: weakref.WeakValueDictionary):
         super().__init__()
-        self.by_weight, self.masked = by_weight, masked
+        self.layers, self.masked = layers, masked
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         channel_last = _LAYER_FUNCTIONS.get(func)
-        if channel_last is not None and len(args) > 1 and id(args[1]) in self.by_weight:
-            weight, mask = self.by_weight[id(args[1])]
+        if channel_last is not None and len(args) > 1:
+            mask = next((m for layer, m in self.layers if getattr(layer, "weight", None) is args[1]), None)
             groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
             x = args[0]
-            if weight is args[1] and groups == 1 and self.masked.get(id(x)) is not x:
+            if mask is not None and groups == 1 and self.masked.get(id(x)) is not x:
                 args = (_masked_input(x, mask, channel_last), *args[1:])
         return func(*args, **kwargs)
 

@@ -211,3 +211,54 @@ def test_report_copies_a_model_holding_an_activation_with_autograd_history():
     numbers = fxprune.report(model, small, x, print_table=False)
     assert numbers.after.macs_conv_linear == numbers.before.macs_conv_linear // 2  # half the channels of both convs
     assert model[0].last.grad_fn is not None  # the user's model is left as it was
+
+
+# ---- masks on layers whose weight is read functionally or tied ---------------------------------------
+class _CalledAndRead(nn.Module):
+    """A layer called as a module and its weight read again by ``F.conv2d`` (a second use of its filters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.mid = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        z = torch.relu(self.mid(y))
+        z = torch.nn.functional.conv2d(z, self.mid.weight, self.mid.bias)
+        return self.fc(z.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mask", ["l1_unstructured", "ln_structured"])
+def test_verify_masks_a_functional_read_of_a_masked_weight_computed_anew_each_call(mask):
+    """The mask's hook makes a new ``mid.weight`` before each call of ``mid``, so the functional read
+    after it gets a tensor verify never saw: it is recognised as the layer's weight at the call."""
+    from tests.conftest import prune_and_check
+
+    model = randomize(_CalledAndRead())
+    if mask == "ln_structured":
+        torch_prune.ln_structured(model.mid, "weight", amount=0.25, n=1, dim=0)
+    else:
+        torch_prune.l1_unstructured(model.mid, "weight", amount=0.3)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.mid.in_channels == 8 and torch_prune.is_pruned(small)
+
+
+@pytest.mark.parametrize("masked", [("block",), ("again",), ("block", "again")])
+def test_a_tied_weight_masked_on_either_holder_is_sliced_alike_and_stays_tied(masked):
+    """With a mask, a holder holds the tied tensor as ``weight_orig``: sliced like ``weight``, so the
+    holders' channels are united as without masks (they were frozen, or sliced apart and tied wrongly)."""
+    from tests.conftest import prune_and_check
+    from tests.test_op_rules import TiedNet
+
+    model = randomize(TiedNet())
+    for name in masked:
+        torch_prune.l1_unstructured(model.get_submodule(name), "weight", amount=0.3)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    modules = small.meta["fxprune.plan"].modules
+    assert modules["block"] == modules["again"] and len(modules["block"]["out"]) == 8
+    leaf = {name: ("weight_orig" if name in masked else "weight") for name in ("block", "again")}
+    assert getattr(small.block, leaf["block"]) is getattr(small.again, leaf["again"])
