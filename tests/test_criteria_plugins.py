@@ -146,6 +146,31 @@ def test_taylor_needs_labelled_data():
         fxprune.plan(TwoConv(), X8, criterion="taylor", ratio=0.5, data=[X8])
 
 
+def test_taylor_takes_a_loss_for_outputs_that_are_not_class_logits():
+    """A sequence recognizer's (N, T, classes) output: the default cross-entropy cannot read it, and says so
+    with both shapes; loss= scores with the user's loss, equal to the default on a flattened copy of it."""
+    from test_op_rules import CRNN
+
+    model = randomize(CRNN("GRU"))
+    x = torch.randn(4, 1, 16, 24, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 7, (4, 12), generator=torch.Generator().manual_seed(1))  # 24 / 2 columns
+    with pytest.raises(fxprune.PlanError, match=r"output \(4, 12, 7\) and the targets \(4, 12\).*loss=fn"):
+        fxprune.plan(model, x, criterion="taylor", ratio=0.5, data=[(x, targets)])
+
+    def sequence_loss(out, y):
+        return nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="sum")
+
+    small, _ = prune_and_check(model, x, criterion="taylor", ratio=0.5, data=[(x, targets)], loss=sequence_loss)
+    ctx = ScoringContext(fxprune.analyze(model, x), data=[(x, targets)], options={"loss": sequence_loss})
+    ref = copy.deepcopy(model)
+    sequence_loss(ref(x), targets).backward()
+    w = ref.get_submodule("cnn.4").weight
+    want = (w.double() * w.grad.double()).sum((1, 2, 3)).abs().detach().numpy() / 4
+    np.testing.assert_allclose(taylor_scores(ctx)["cnn.4"], want, rtol=1e-5, atol=1e-12)
+    with pytest.raises(fxprune.PlanError, match="loss= must be a function"):
+        fxprune.plan(model, x, criterion="taylor", ratio=0.5, data=[(x, targets)], loss="ctc")
+
+
 # ---- random ------------------------------------------------------------------------------------------
 def test_random_is_seeded_and_deterministic():
     model = randomize(TwoConv(c=32))

@@ -1,5 +1,7 @@
 """``taylor`` (Molchanov et al. 2017): first-order Taylor estimate of the loss change of removing a
-filter, |Σ_filter w · ∂L/∂w|, with L the cross-entropy over labelled calibration batches.
+filter, |Σ_filter w · ∂L/∂w|, with L the cross-entropy over labelled calibration batches, or the
+``loss=fn(output, targets)`` option (summed over a batch) for models whose output is not (N, classes)
+logits: a sequence recognizer, a segmentation network.
 
 Needs ``data=`` as (inputs, targets) batches; uses up to ``calibration_samples`` images (default
 128), gradients summed over them (L = mean cross-entropy over all used images). Coupled groups add
@@ -10,6 +12,8 @@ statistics, dropout is off): the user's parameters, their ``.grad`` and the BN s
 exactly as they were. Only weights count, not biases (the filter is its weight rows).
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -57,12 +61,13 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
         p.grad = None
         p.requires_grad_(True)
     samples = int(ctx.options.get("calibration_samples", DEFAULT_SAMPLES))
+    loss_fn = _loss(ctx.options.get("loss"))
     total = 0
     with torch.enable_grad():
         for x, y in _labelled_batches(ctx.data, samples):
             x = ctx.on_model(x)
             y = y.to(x.device)
-            F.cross_entropy(main_output(gm(x)), y, reduction="sum").backward()
+            _batch_loss(loss_fn, main_output(gm(x)), y).backward()
             total += x.shape[0]
     if total == 0:
         raise PlanError("criterion 'taylor': data= holds no samples")
@@ -75,6 +80,31 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
         prod = (w.detach().double() * g.double()).reshape(w.shape[0], -1).sum(1) / total
         out[name] = prod.abs().cpu().numpy()
     return out
+
+
+def _summed_cross_entropy(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output, targets, reduction="sum")
+
+
+def _loss(loss: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss is None:
+        return _summed_cross_entropy
+    if not callable(loss):
+        raise PlanError(f"criterion 'taylor': loss= must be a function loss(output, targets) -> scalar, got {loss!r}")
+    return loss
+
+
+def _batch_loss(loss_fn: Callable, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of one batch; an output the loss does not fit (a sequence, a segmentation map under the default
+    classification loss) gets an error that names both shapes and the option to pass."""
+    try:
+        return loss_fn(output, targets)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise PlanError(
+            f"criterion 'taylor' could not compute its loss on the model's output {tuple(output.shape)} and the "
+            f"targets {tuple(targets.shape)}: {type(e).__name__}: {e}. The default loss is "
+            "F.cross_entropy(output, targets, reduction='sum'), for (N, classes) logits and (N,) labels; for other "
+            "outputs pass loss=fn(output, targets), summed over the batch") from e
 
 
 def _gradient_leaf(mod: nn.Module) -> torch.Tensor:
