@@ -41,6 +41,7 @@ from torch import nn
 from passes import criteria as _criteria
 from passes.dependency import Analysis
 from passes.errors import PlanError
+from passes.filters import filters, out_dim
 from passes.hooks import value_holders
 from passes.select import kept_count, resolve_ratios, top_k
 
@@ -142,10 +143,10 @@ def _zero_classes(model: nn.Module, ctx, group, drop: np.ndarray) -> None:
             continue
         mod = model.get_submodule(p.role.name)
         idx = torch.as_tensor(rows, dtype=torch.long, device=mod.weight.device)
-        for attr in ("weight", "bias"):
+        for attr, dim in (("weight", out_dim(mod)), ("bias", 0)):
             for name in value_holders(mod, attr):
                 if getattr(mod, name, None) is not None:
-                    getattr(mod, name).index_fill_(0, idx, 0.0)
+                    getattr(mod, name).index_fill_(dim, idx, 0.0)
 
 
 def _warn_if_regrown(model: nn.Module, small: torch.fx.GraphModule) -> None:
@@ -153,10 +154,11 @@ def _warn_if_regrown(model: nn.Module, small: torch.fx.GraphModule) -> None:
     modules = small.meta["fxprune.plan"].modules
     for name, io in modules.items():
         mod = model.get_submodule(name)
-        if io["out"] is None or not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if io["out"] is None or not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
-        removed = np.setdiff1d(np.arange(mod.weight.shape[0]), io["out"])
-        if torch.count_nonzero(mod.weight.detach()[torch.as_tensor(removed, dtype=torch.long)]):
+        rows = filters(mod.weight.detach(), mod)
+        removed = np.setdiff1d(np.arange(rows.shape[0]), io["out"])
+        if torch.count_nonzero(rows[torch.as_tensor(removed, dtype=torch.long)]):
             log.warning("hard_prune removes non-zero filters of %r: the model changed after the last SFP "
                         "hook, so the compact model is not the soft-pruned one", name)
             return

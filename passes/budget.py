@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .dependency import Analysis
+from .dependency import PRODUCER_KINDS, Analysis
 from .errors import PlanError
 from .plan import kept_mask
 from .select import class_step, kept_count, round_up, top_k
@@ -28,12 +28,13 @@ TOLERANCE = 0.02
 
 
 def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
-    """Multiply-accumulates of every conv and linear layer after keeping ``kept`` (per sample)."""
+    """Multiply-accumulates of every conv (transposed too) and linear layer after keeping ``kept`` (per sample)."""
     keep = kept_mask(analysis, kept)
-    shapes = {n.name: n.meta.get("fxprune.shape") for n in analysis.gm.graph.nodes}
+    nodes = {n.name: n for n in analysis.gm.graph.nodes}
+    shapes = {name: n.meta.get("fxprune.shape") for name, n in nodes.items()}
     total = 0
     for role in analysis.roles.values():
-        if role.kind not in ("conv", "linear"):
+        if role.kind not in PRODUCER_KINDS:
             continue
         mod = analysis.gm.get_submodule(role.name)
         out_shape = shapes[role.node]
@@ -44,6 +45,9 @@ def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
             per_group_in = n_in if groups == 1 else mod.in_channels // groups
             positions = int(np.prod(out_shape[2:]))
             total += n_out * per_group_in * int(np.prod(mod.kernel_size)) * positions
+        elif role.kind == "transposed":  # every input position meets every kernel tap
+            positions = int(np.prod(nodes[role.node].args[0].meta["fxprune.shape"][2:]))
+            total += n_out * n_in * int(np.prod(mod.kernel_size)) * positions
         else:
             positions = int(np.prod(out_shape[1:-1])) if len(out_shape) > 2 else 1
             total += n_out * n_in * positions

@@ -54,7 +54,7 @@ class ModuleRole:
     """How one parameterized module reads and writes channel elements.
 
     kind: "conv" | "linear" | "norm" (per-channel parameters) | "channelwise" (per-channel, not a norm:
-    PReLU's slopes) | "transposed" / "recurrent" (input channels only). ``in_elems`` index the module's input
+    PReLU's slopes) | "transposed" (a transposed conv) | "recurrent" (input features only). ``in_elems`` index the module's input
     channels (a Linear's input features), ``out_elems`` its output channels; None when it has none.
     ``order`` is the module's first node position, ``input_order`` that of the node feeding it.
     """
@@ -176,7 +176,9 @@ class Analysis:
 Rule = Callable[["Analyzer", torch.fx.Node], Any]
 
 #: Module roles whose output channels are new channels (a group needs one to be prunable).
-PRODUCER_KINDS = ("conv", "linear")
+PRODUCER_KINDS = ("conv", "transposed", "linear")
+#: Producers whose outputs are feature maps (N, C, spatial...), which data-driven criteria read.
+MAP_KINDS = ("conv", "transposed")
 #: The tensors the rewrite slices along a layer's input channels, by role kind (all others: along its outputs).
 INPUT_SLICED = {"conv": ("weight",), "linear": ("weight",), "transposed": ("weight",),
                 "recurrent": ("weight_ih_l0", "weight_ih_l0_reverse")}

@@ -242,17 +242,14 @@ def batchnorm_rule(an, node):
 
 @REGISTRY.module(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 def transposed_conv_rule(an, node):
-    """A transposed conv (a decoder's upsampling) reads its input channels along its weight's dim 0, so
-    those may be pruned with the layer writing them. Its output channels are kept: it is not scored as a
-    producer, whose filters every criterion takes as weight rows. Grouped, it stays whole."""
+    """A transposed conv (a decoder's upsampling) produces new channels like a conv; its weight is
+    (in, out, k...), read through :mod:`passes.filters`. Grouped, it stays whole."""
     conv = an.module(node)
     if conv.groups > 1:
         return an.opaque(node, "grouped transposed conv")
     in_elems = _channel_elems(an, node, node.args[0], 1, "transposed conv input channels are not a simple axis")
     out = an.fresh(conv.out_channels, 1, len(an.shape(node)))
-    an.freeze(out, node, "a transposed conv's output channels are not pruned (its input channels are)")
-    if in_elems is not None:
-        an.record_module(node, "transposed", in_elems, None)
+    an.record_module(node, "transposed", in_elems, out.index.reshape(-1))
     return out
 
 

@@ -105,7 +105,7 @@ def _store(mod: nn.Module, attr: str) -> dict:
 def _shrink_module(mod: nn.Module, name: str, io: dict) -> None:
     keep_in, keep_out = io.get("in"), io.get("out")
     if isinstance(mod, nn.modules.conv._ConvTransposeNd):
-        _shrink_transposed(mod, keep_in)
+        _shrink_transposed(mod, keep_in, keep_out)
     elif isinstance(mod, nn.modules.conv._ConvNd):
         _shrink_conv(name, mod, keep_in, keep_out)
     elif isinstance(mod, nn.Linear):
@@ -222,11 +222,12 @@ def _shrink_linear(lin: nn.Module, keep_in, keep_out) -> None:
         lin.out_features = len(keep_out) if keep_out is not None else lin.out_features
 
 
-def _shrink_transposed(conv: nn.Module, keep_in) -> None:
-    """Its weight is (in, out, k...): the removed input channels are rows of it."""
-    if keep_in is not None:
-        _install(conv, "weight", lambda t: _take(t, 0, keep_in))
-        conv.in_channels = len(keep_in)
+def _shrink_transposed(conv: nn.Module, keep_in, keep_out) -> None:
+    """Its weight is (in, out, k...): input channels are its rows, output channels its columns."""
+    _install(conv, "weight", lambda t: _take(_take(t, 0, keep_in), 1, keep_out))
+    _install(conv, "bias", lambda t: _take(t, 0, keep_out))
+    conv.in_channels = len(keep_in) if keep_in is not None else conv.in_channels
+    conv.out_channels = len(keep_out) if keep_out is not None else conv.out_channels
 
 
 def _shrink_recurrent(rnn: nn.RNNBase, keep_in) -> None:

@@ -682,17 +682,32 @@ class Decoder(nn.Module):
         return self.head(torch.relu(self.up(torch.relu(self.bn(self.enc(x))))))
 
 
-def test_a_transposed_conv_has_its_input_channels_pruned_and_its_outputs_kept():
+@pytest.mark.parametrize("criterion", ["l1", "l2", "coring", "graph", "fmc", "taylor"])
+def test_a_transposed_conv_is_pruned_like_a_conv_on_both_sides(criterion):
+    """Its weight is (in, out, k...): its filters (output channels) are the weight's columns."""
     model = randomize(Decoder())
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    data = [(x, torch.zeros(4, 8, 8, dtype=torch.long))]
+    options = {"threshold": 0.7} if criterion == "graph" else {"ratio": 0.5}
+    options.update({"data": data, "k": 2} if criterion == "fmc" else {"data": data} if criterion != "l1" else {})
+    small, _ = prune_and_check(model, x, criterion=criterion, **options)
+    io = small.meta["fxprune.plan"].modules["up"]
+    assert small.up.in_channels == len(io["in"]) < 16 and small.up.out_channels == len(io["out"]) < 12
+    assert torch.equal(small.up.weight, model.up.weight[io["in"]][:, io["out"]])
+    assert torch.equal(small.up.bias, model.up.bias[io["out"]])
+
+
+def test_a_transposed_convs_filters_are_its_weight_columns():
+    """l1 keeps the output channels whose weight *columns* are largest, and a wrong slice is caught."""
+    model = randomize(Decoder())
+    with torch.no_grad():
+        model.up.weight[:, [1, 4, 7]] *= 100.0  # three loud filters
+        model.up.weight[[1, 4, 7]] *= 0.01  # three quiet rows: they are not filters
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
-    kept = small.meta["fxprune.plan"].modules["up"]["in"]
-    assert small.enc.out_channels == 8 and small.up.in_channels == 8 and small.up.out_channels == 12
-    assert torch.equal(small.up.weight, model.up.weight[kept]) and torch.equal(small.up.bias, model.up.bias)
-    assert any("transposed conv's output channels" in r.reason for g in fxprune.analyze(model, x).groups
-               for r in g.reasons)
-    with torch.no_grad():  # verify masks the transposed conv's removed inputs: a wrong slice is caught
-        small.up.weight[:2] *= -1  # two input channels read wrongly
+    small, _ = prune_and_check(model, x, criterion="l1", ratio={"up": 0.75})
+    assert small.meta["fxprune.plan"].modules["up"]["out"] == [1, 4, 7]
+    with torch.no_grad():
+        small.up.weight[:, 0] *= -1
     with pytest.raises(fxprune.VerificationError):
         fxprune.verify(model, small, x)
 

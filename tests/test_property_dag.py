@@ -4,7 +4,7 @@ Each generated network keeps a pool of tensors (same spatial size) and appends o
 two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, residual add and
 multiply, SE gating, channel concat, chunk, uneven split, channel slices (strided ones freeze),
 channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a conv sharing an earlier conv's
-weight, ``F.conv2d`` on an earlier conv's weight, a linear layer over channels
+weight, ``F.conv2d`` on an earlier conv's weight, a transposed conv, a linear layer over channels
 (permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
 channels and must freeze), pooling and upsampling. A head reads a random subset of the pool. Pruned
 with ``l1`` at a random ratio, per group or network-wide, optionally ``round_to``, and ``strict``
@@ -25,7 +25,7 @@ from conftest import prune_and_check, randomize, rejecting_vacuous_examples
 
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
        "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
-       "stride", "upsample", "dense", "tied", "fconv"]
+       "stride", "upsample", "dense", "tied", "fconv", "upconv"]
 EXAMPLES = int(os.environ.get("FXPRUNE_FUZZ_EXAMPLES", "100"))
 
 
@@ -94,6 +94,9 @@ class RandomGraphNet(nn.Module):
             if widths[b] != ca:
                 self.layers[name] = nn.Conv2d(widths[b], ca, 1)
             out = ca
+        elif op == "upconv":  # a transposed conv keeping the size (stride 1, padding 1)
+            self.layers[name] = nn.ConvTranspose2d(ca, w, 3, padding=1)
+            out = w
         elif op in ("tied", "fconv"):
             earlier = self._conv_reading(ca)
             if earlier is None:
@@ -128,7 +131,7 @@ class RandomGraphNet(nn.Module):
 
     @staticmethod
     def _run(op, x, y, layer):
-        if op in ("conv3", "conv1", "grouped", "depthwise", "bn", "tied"):
+        if op in ("conv3", "conv1", "grouped", "depthwise", "bn", "tied", "upconv"):
             return layer(x)
         if op == "fconv":
             return F.conv2d(x, layer.weight, layer.bias, padding=layer.padding)

@@ -124,6 +124,20 @@ def test_soft_equals_compact_without_bn():
     assert small.get_submodule("c2").out_channels == kept_count(24, 0.4)
 
 
+def test_soft_pruning_zeroes_a_transposed_convs_filters_which_are_weight_columns():
+    from test_op_rules import Decoder
+
+    model = randomize(Decoder())
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    sfp = SoftFilterPruning(model, x, ratio=0.5)
+    sfp(model, 0)
+    zeroed = [c for c in range(12) if not model.up.weight[:, c].any()]
+    assert len(zeroed) == 12 - kept_count(12, 0.5) and not model.up.bias[zeroed].any()
+    small = sfp.hard_prune(model)
+    assert small.up.out_channels == kept_count(12, 0.5)
+    assert sorted(set(range(12)) - set(small.meta["fxprune.plan"].modules["up"]["out"])) == zeroed
+
+
 def test_errors():
     model = randomize(Plain())
     with pytest.raises(fxprune.PlanError, match="total_epochs"):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dependency import PRODUCER_KINDS, Analysis, ChannelGroup, ModuleRole
+from ..dependency import MAP_KINDS, PRODUCER_KINDS, Analysis, ChannelGroup, ModuleRole
 from ..graph_module import modules_of
 from ..layout import unique_ints
 from ..modes import eval_mode
@@ -167,7 +167,7 @@ class ScoringContext:
                 continue
             for name, io in g.members:
                 role = self.analysis.roles.get(name)
-                if io == "out" and role is not None and role.kind == "conv" and len(shapes[role.node] or ()) == 4:
+                if io == "out" and role is not None and role.kind in MAP_KINDS and len(shapes[role.node] or ()) == 4:
                     out.add(name)
         return out
 

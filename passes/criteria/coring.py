@@ -235,6 +235,7 @@ def coring_scores(weight, distance: str = "V", strategy: str = "min_sum", rank: 
 
 
 # ---- criterion plug-in (appended; the scoring math above is unchanged) --------------------------
+from ..filters import filters  # noqa: E402
 from . import register  # noqa: E402
 from .base import Criterion  # noqa: E402
 
@@ -253,7 +254,7 @@ class Coring(Criterion):
         opts = ctx.options
         kw = dict(distance=opts.get("distance", "V"), strategy=opts.get("strategy", "min_sum"),
                   rank=int(opts.get("rank", 1)))
-        return ctx.leader_first(group, lambda p: coring_scores(p.module.weight, **kw))
+        return ctx.leader_first(group, lambda p: coring_scores(filters(p.module.weight, p.module), **kw))
 
 
 register("coring", Coring())

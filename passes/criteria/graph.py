@@ -29,6 +29,7 @@ import scipy.fft
 import torch
 
 from . import register
+from ..dependency import MAP_KINDS
 from .base import Criterion, Producer, ScoringContext
 from .l1 import filter_l1
 
@@ -170,7 +171,7 @@ class Graph(Criterion):
 
 def _has_maps(ctx: ScoringContext, p: Producer) -> bool:
     """Only convs with 2-D feature maps (N, C, H, W) have a perceptual hash (a linear on N,H,W,C has none)."""
-    if p.role.kind != "conv":
+    if p.role.kind not in MAP_KINDS:
         return False
     node = next(n for n in ctx.analysis.gm.graph.nodes if n.name == p.role.node)
     shape = node.meta.get("fxprune.shape")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..filters import filters
 from . import register
 from .base import Criterion
 
@@ -22,7 +23,7 @@ _BLOCK_ELEMENTS = 1 << 17
 
 def filter_l1(module: nn.Module) -> np.ndarray:
     """Σ|w| over each output filter (all input channels and kernel taps)."""
-    w = module.weight.detach()
+    w = filters(module.weight.detach(), module)
     rows = w.reshape(w.shape[0], -1)
     step = max(1, _BLOCK_ELEMENTS // max(1, rows.shape[1]))
     if step >= rows.shape[0]:

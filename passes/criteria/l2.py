@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..filters import filters
 from . import register
 from .base import Criterion
 
@@ -17,7 +18,7 @@ __all__ = ["filter_l2", "L2"]
 
 def filter_l2(module: nn.Module) -> np.ndarray:
     """‖w‖₂ over each output filter (all input channels and kernel taps), on the CPU in float64."""
-    w = module.weight.detach()
+    w = filters(module.weight.detach(), module)
     return torch.linalg.vector_norm(w.reshape(w.shape[0], -1).double(), ord=2, dim=1).cpu().numpy()
 
 

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dependency import PRODUCER_KINDS
 from ..errors import PlanError
+from ..filters import filters
 from ..hooks import copy_model, value_holders
 from . import register
 from ..verify import main_output
@@ -73,11 +75,13 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
         raise PlanError("criterion 'taylor': data= holds no samples")
     out = {}
     for name, role in ctx.analysis.roles.items():
-        if role.kind not in ("conv", "linear"):
+        if role.kind not in PRODUCER_KINDS:
             continue
-        w = _gradient_leaf(gm.get_submodule(name))
+        layer = gm.get_submodule(name)
+        w = _gradient_leaf(layer)
         g = w.grad if w.grad is not None else torch.zeros_like(w)
-        prod = (w.detach().double() * g.double()).reshape(w.shape[0], -1).sum(1) / total
+        w, g = filters(w.detach(), layer), filters(g, layer)
+        prod = (w.double() * g.double()).reshape(w.shape[0], -1).sum(1) / total
         out[name] = prod.abs().cpu().numpy()
     return out
 
