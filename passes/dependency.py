@@ -53,9 +53,10 @@ class FrozenReason:
 class ModuleRole:
     """How one parameterized module reads and writes channel elements.
 
-    kind: "conv" | "linear" | "norm" (per-channel parameters) | "channelwise" (per-channel, not a norm:
-    PReLU's slopes) | "transposed" (a transposed conv) | "recurrent" (input features only). ``in_elems`` index the module's input
-    channels (a Linear's input features), ``out_elems`` its output channels; None when it has none.
+    kind: "conv" | "transposed" (a transposed conv) | "linear" | "norm" (per-channel parameters) |
+    "channelwise" (per-channel, not a norm: PReLU's slopes) | "recurrent" (input features only).
+    ``in_elems`` index the module's input channels (a Linear's input features), ``out_elems`` its output
+    channels; None when it has none.
     ``order`` is the module's first node position, ``input_order`` that of the node feeding it.
     """
 
