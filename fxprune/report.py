@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 #: fvcore operator names (keys of ``by_operator``) that are conv or matmul work.
 CONV_LINEAR_OPS = frozenset({"conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum"})
 
+#: Compute-heavy ops fvcore has no rule for (it counts them as 0 MACs): a report names them, so that a model
+#: whose work is partly there (a CRNN's LSTM, a ViT's fused attention) is not read as cheaper than it is.
+HEAVY_UNCOUNTED_OPS = frozenset({"aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu",
+                                 "aten::scaled_dot_product_attention"})
+
 #: Module types whose weights and biases make up ``params_conv_linear``.
 _CONV_LINEAR_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -43,15 +48,18 @@ class Counts:
     macs: int
     macs_conv_linear: int
     by_operator: Mapping[str, int] = dataclasses.field(default_factory=dict, hash=False)
+    #: calls of HEAVY_UNCOUNTED_OPS, by op: their MACs are not in ``macs``
+    uncounted: Mapping[str, int] = dataclasses.field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-safe copy (ints and a str->int dict)."""
+        """Plain, JSON-safe copy (ints and str->int dicts)."""
         return {
             "params": self.params,
             "params_conv_linear": self.params_conv_linear,
             "macs": self.macs,
             "macs_conv_linear": self.macs_conv_linear,
             "by_operator": {str(k): int(v) for k, v in self.by_operator.items()},
+            "uncounted": {str(k): int(v) for k, v in self.uncounted.items()},
         }
 
 
@@ -123,6 +131,9 @@ class Report:
         lines = [header, "-" * len(header)]
         for label, before, after, pct in self.rows():
             lines.append(f"{label:<22}{human(before):>10}{human(after):>10}{pct:>10.2f}%")
+        uncounted = sorted(set(self.before.uncounted) | set(self.after.uncounted))
+        if uncounted:
+            lines.append(f"MACs leave out {', '.join(uncounted)}: fvcore has no rule for them")
         return "\n".join(lines)
 
 
@@ -158,8 +169,9 @@ def _count_params(model: nn.Module) -> tuple[int, int]:
     return total, conv_linear
 
 
-def _count_macs(model: nn.Module, args: tuple) -> dict[str, int]:
-    """MACs per fvcore operator name, traced on an eval-mode copy under no_grad.
+def _count_macs(model: nn.Module, args: tuple) -> tuple[dict[str, int], dict[str, int]]:
+    """(MACs per fvcore operator name, calls of the heavy ops it could not count), traced on an eval-mode
+    copy under no_grad.
 
     The copy keeps the caller's model (training flags, hooks, BN statistics)
     untouched; unsupported-op warnings are silenced and logged at debug level.
@@ -177,16 +189,16 @@ def _count_macs(model: nn.Module, args: tuple) -> dict[str, int]:
         unsupported = analysis.unsupported_ops()
     if unsupported:
         logger.debug("fvcore skipped unsupported ops (counted as 0 MACs): %s", dict(unsupported))
-    return by_op
+    return by_op, {op: int(n) for op, n in unsupported.items() if op in HEAVY_UNCOUNTED_OPS}
 
 
 def count(model: nn.Module, example_inputs: Any = None) -> Counts:
     """Count params and MACs of ``model`` on ``example_inputs`` (default: see default_example_inputs)."""
     args = as_example_args(model, example_inputs)
     params, params_cl = _count_params(model)
-    by_op = _count_macs(model, args)
+    by_op, uncounted = _count_macs(model, args)
     macs_cl = sum(v for k, v in by_op.items() if k in CONV_LINEAR_OPS)
-    return Counts(params, params_cl, sum(by_op.values()), macs_cl, by_op)
+    return Counts(params, params_cl, sum(by_op.values()), macs_cl, by_op, uncounted)
 
 
 def report(original: nn.Module, small: nn.Module, example_inputs: Any = None, print_table: bool = True) -> Report:

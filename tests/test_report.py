@@ -156,3 +156,17 @@ def test_default_input_is_what_the_model_was_pruned_for_in_its_dtype():
     small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
     by_default = report(model, small, print_table=False).to_dict()
     assert by_default == report(model, small, x, print_table=False).to_dict()
+
+
+def test_the_table_names_heavy_ops_fvcore_leaves_out():
+    """fvcore counts an LSTM as 0 MACs: the report says so, instead of showing a CRNN cheaper than it is."""
+    from test_op_rules import CRNN
+
+    model = randomize(CRNN("LSTM", bidirectional=True))
+    x = torch.randn(1, 1, 16, 24)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.5)
+    r = report(model, small, x, print_table=False)
+    assert dict(r.before.uncounted) == dict(r.after.uncounted) == {"aten::lstm": 1}
+    assert r.to_dict()["after"]["uncounted"] == {"aten::lstm": 1}
+    assert str(r).splitlines()[-1] == "MACs leave out aten::lstm: fvcore has no rule for them"
+    assert "leave out" not in str(report(TwoLayer(8), TwoLayer(4), X8, print_table=False))
