@@ -262,13 +262,14 @@ class Analyzer:
         self.freeze(out, node, reason)
         return out
 
-    def fresh_like(self, shape: Any, axis: tuple[int, int] | None = None) -> Any:
+    def fresh_like(self, shape: Any, axis: tuple[int, int | None] | None = None) -> Any:
         """Fresh elements for a tensor of ``shape``: along dim 1, or along ``axis[0]`` when the
-        tensor has the ``axis[1]`` dims of the input it comes from (a channels-last tensor)."""
+        tensor has the ``axis[1]`` dims of the input it comes from (a channels-last tensor), or any
+        number of dims when ``axis[1]`` is None (``(-1, None)``: features last, in every tensor)."""
         if isinstance(shape, torch.Size):
             dim = 1 if len(shape) >= 2 else 0
-            if axis is not None and axis[1] == len(shape) and axis[0] < len(shape):
-                dim = axis[0]
+            if axis is not None and axis[1] in (None, len(shape)) and -len(shape) <= axis[0] < len(shape):
+                dim = axis[0] % len(shape)
             return self.fresh(shape[dim] if len(shape) else 1, dim, max(len(shape), 1))
         if isinstance(shape, (tuple, list)):
             return tuple(self.fresh_like(s, axis) for s in shape)

@@ -262,20 +262,11 @@ def recurrent_rule(an, node):
     in_elems = _channel_elems(an, node, node.args[0], -1, "recurrent layer input features are not a simple axis")
     for state in node.all_input_nodes[1:]:
         an.freeze(an.layout(state), node, "a recurrent layer's state is not pruned")
-    out = _fresh_features(an, node.meta.get(SHAPE))
+    out = an.fresh_like(node.meta.get(SHAPE), (-1, None))  # output, h_n (and c_n): features last
     an.freeze(out, node, "a recurrent layer's hidden units are not pruned")
     if in_elems is not None:
         an.record_module(node, "recurrent", in_elems, None)
     return out
-
-
-def _fresh_features(an, shape: Any) -> Any:
-    """Fresh elements along the last dim (features) of every tensor in a (nested) tuple of shapes."""
-    if isinstance(shape, torch.Size):
-        return an.fresh(shape[-1], len(shape) - 1, len(shape))
-    if isinstance(shape, (tuple, list)):
-        return tuple(_fresh_features(an, s) for s in shape)
-    return None
 
 
 @REGISTRY.module(nn.PReLU)

@@ -98,8 +98,9 @@ def _tie_again(modules: dict[str, nn.Module], shared: list[list[tuple[str, str]]
                 other_store[other_attr] = store[attr]
 
 
-def _store(mod: nn.Module, attr: str) -> dict:
-    return mod._parameters if attr in mod._parameters else mod._buffers
+def _store(mod: nn.Module, attr: str) -> dict | None:
+    """The dict holding a registered parameter or buffer; None for a plain attribute."""
+    return mod._parameters if attr in mod._parameters else mod._buffers if attr in mod._buffers else None
 
 
 def _shrink_module(mod: nn.Module, name: str, io: dict) -> None:
@@ -169,7 +170,7 @@ def _install(mod: nn.Module, attr: str, take: Callable[[torch.Tensor], torch.Ten
 
 def _set_param(mod: nn.Module, attr: str, value: torch.Tensor | None) -> None:
     """Install a new tensor; one that was not sliced is cloned so nothing is shared with the original."""
-    store = mod._parameters if attr in mod._parameters else mod._buffers if attr in mod._buffers else None
+    store = _store(mod, attr)
     old = store[attr] if store is not None else getattr(mod, attr, None)
     if old is None or value is None:
         return
