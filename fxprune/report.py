@@ -5,15 +5,20 @@ can be compared with published tables:
 
 * MACs come from fvcore's ``FlopCountAnalysis``, which counts one fused
   multiply-add as one "flop"; its totals are therefore MACs, not 2*MACs.
+  Rules added here count what it has none for: recurrent layers, fused
+  attention, ``baddbmm``; attention modules run unfused while counted.
 * The headline reductions (``flops_reduction_pct``/``params_reduction_pct``)
-  use only Conv*/Linear layers (papers' "FLOPs" and "params without BN"), as
+  use only conv/linear work (papers' "FLOPs" and "params without BN": conv,
+  linear, matrix products, recurrent gates, attention projections), as
   FR/PR = (before - after) / before * 100. All-op totals are reported too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 import warnings
 from typing import Any, Mapping
 
@@ -27,16 +32,24 @@ __all__ = ["Counts", "Report", "count", "report", "human", "as_example_args", "d
 
 logger = logging.getLogger(__name__)
 
-#: fvcore operator names (keys of ``by_operator``) that are conv or matmul work.
-CONV_LINEAR_OPS = frozenset({"conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum"})
+#: fvcore operator names (keys of ``by_operator``) that are conv or matrix-product work: a recurrent layer's
+#: gates and fused attention are matrix products too (unfused attention counts as ``matmul``).
+CONV_LINEAR_OPS = frozenset({"conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum", "baddbmm",
+                             "scaled_dot_product_attention", "lstm", "gru", "rnn_tanh", "rnn_relu"})
 
-#: Compute-heavy ops fvcore has no rule for (it counts them as 0 MACs): a report names them, so that a model
-#: whose work is partly there (a CRNN's LSTM, a ViT's fused attention) is not read as cheaper than it is.
-HEAVY_UNCOUNTED_OPS = frozenset({"aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu",
-                                 "aten::scaled_dot_product_attention"})
+#: Compute-heavy ops neither fvcore nor the handles below count (0 MACs): a report names them, so that a
+#: model whose work is partly there is not read as cheaper than it is.
+HEAVY_UNCOUNTED_OPS = frozenset({"aten::bilinear", "aten::addbmm", "aten::_native_multi_head_attention",
+                                 "aten::_transformer_encoder_layer_fwd"})
 
-#: Module types whose weights and biases make up ``params_conv_linear``.
-_CONV_LINEAR_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
+#: The parameters of each layer type that make up ``params_conv_linear``: conv and linear weights and biases,
+#: and the layers whose MACs count with them (a recurrent layer's gates, attention's input projection).
+_CONV_LINEAR_PARAMS = (
+    (nn.modules.conv._ConvNd, ("weight", "bias")),
+    (nn.Linear, ("weight", "bias")),
+    (nn.RNNBase, None),  # all of its own parameters: gate weights and biases
+    (nn.MultiheadAttention, ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias")),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +146,7 @@ class Report:
             lines.append(f"{label:<22}{human(before):>10}{human(after):>10}{pct:>10.2f}%")
         uncounted = sorted(set(self.before.uncounted) | set(self.after.uncounted))
         if uncounted:
-            lines.append(f"MACs leave out {', '.join(uncounted)}: fvcore has no rule for them")
+            lines.append(f"MACs leave out {', '.join(uncounted)}: no MAC rule for them")
         return "\n".join(lines)
 
 
@@ -155,18 +168,26 @@ def as_example_args(model: nn.Module, example_inputs: Any) -> tuple:
 
 
 def _count_params(model: nn.Module) -> tuple[int, int]:
-    """(all parameters, Conv*/Linear weights+biases); shared tensors counted once."""
+    """(all parameters, conv/linear weights+biases, recurrent and attention projections included);
+    shared tensors counted once."""
     total = sum(p.numel() for p in model.parameters())
     seen: set[int] = set()
     conv_linear = 0
     for module in model.modules():
-        if not isinstance(module, _CONV_LINEAR_MODULES):
-            continue
-        for p in (module.weight, module.bias):
+        for p in _conv_linear_tensors(module):
             if isinstance(p, torch.Tensor) and id(p) not in seen:
                 seen.add(id(p))
                 conv_linear += p.numel()
     return total, conv_linear
+
+
+def _conv_linear_tensors(module: nn.Module) -> list:
+    for kind, names in _CONV_LINEAR_PARAMS:
+        if isinstance(module, kind):
+            if names is None:
+                return list(module.parameters(recurse=False))
+            return [getattr(module, n, None) for n in names]
+    return []
 
 
 def _count_macs(model: nn.Module, args: tuple) -> tuple[dict[str, int], dict[str, int]]:
@@ -177,19 +198,68 @@ def _count_macs(model: nn.Module, args: tuple) -> tuple[dict[str, int], dict[str
     untouched; unsupported-op warnings are silenced and logged at debug level.
     """
     work = copy_model(model).eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), _unfused_attention(), warnings.catch_warnings():
         # fvcore scripts a helper at import time and traces with torch.jit, both
         # deprecated upstream; the FutureWarnings are not actionable for users.
         warnings.filterwarnings("ignore", message=r".*is deprecated", category=FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
-        analysis = FlopCountAnalysis(work, args)
+        analysis = FlopCountAnalysis(work, args).set_op_handle(**_EXTRA_HANDLES)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         by_op = {str(k): int(v) for k, v in analysis.by_operator().items()}
         unsupported = analysis.unsupported_ops()
     if unsupported:
         logger.debug("fvcore skipped unsupported ops (counted as 0 MACs): %s", dict(unsupported))
     return by_op, {op: int(n) for op, n in unsupported.items() if op in HEAVY_UNCOUNTED_OPS}
+
+
+@contextlib.contextmanager
+def _unfused_attention():
+    """``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` run one fused kernel in eval mode under
+    no_grad, which fvcore counts as 0 MACs, projections included (a third of a ViT's work); their unfused
+    path calls ``F.linear`` and ``scaled_dot_product_attention``, which are counted."""
+    mha = torch.backends.mha
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
+def _shape(value) -> list[int]:
+    """A traced tensor's sizes (the trace of a concrete forward records them all)."""
+    return value.type().sizes()
+
+
+def _recurrent_macs(inputs, outputs) -> int:
+    """``aten::lstm``/``gru``/``rnn_*``: every weight matrix (input-to-hidden, hidden-to-hidden, projection;
+    each layer and direction) multiplies one vector per time step and sequence; gate arithmetic is
+    element-wise and not counted, as fvcore leaves out a linear layer's bias."""
+    steps = math.prod(_shape(inputs[0])[:-1])  # (T, N) or (N, T), or a packed sequence's (total steps,)
+    weights = [v for v in inputs if isinstance(v.type(), torch._C.ListType)][-1]  # hidden state list comes first
+    shapes = [_shape(w) for w in weights.node().inputs()]
+    return steps * sum(math.prod(s) for s in shapes if len(s) == 2)
+
+
+def _attention_macs(inputs, outputs) -> int:
+    """``scaled_dot_product_attention``: q·kᵀ and weights·v, as fvcore counts the two matmuls unfused."""
+    q, k, v = (_shape(t) for t in inputs[:3])
+    return math.prod(_shape(outputs[0])[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def _baddbmm_macs(inputs, outputs) -> int:
+    """``baddbmm(c, a, b)``: the batched product a·b, as fvcore counts ``bmm``."""
+    return math.prod(_shape(inputs[1])) * _shape(inputs[2])[-1]
+
+
+#: MAC rules for heavy ops fvcore has none for, as ``FlopCountAnalysis.set_op_handle`` takes them.
+_EXTRA_HANDLES = {
+    "aten::lstm": _recurrent_macs, "aten::gru": _recurrent_macs,
+    "aten::rnn_tanh": _recurrent_macs, "aten::rnn_relu": _recurrent_macs,
+    "aten::scaled_dot_product_attention": _attention_macs,
+    "aten::baddbmm": _baddbmm_macs,
+}
 
 
 def count(model: nn.Module, example_inputs: Any = None) -> Counts:

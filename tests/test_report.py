@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 from torch import fx, nn
+from torch.nn import functional as F
 
 import fxprune
 from fxprune.models import get_model
@@ -158,15 +159,84 @@ def test_default_input_is_what_the_model_was_pruned_for_in_its_dtype():
     assert by_default == report(model, small, x, print_table=False).to_dict()
 
 
-def test_the_table_names_heavy_ops_fvcore_leaves_out():
-    """fvcore counts an LSTM as 0 MACs: the report says so, instead of showing a CRNN cheaper than it is."""
-    from test_op_rules import CRNN
+class UnrolledLSTM(nn.Module):
+    """One LSTM layer written as two linear layers per step: fvcore's own linear rule counts its MACs."""
 
-    model = randomize(CRNN("LSTM", bidirectional=True))
-    x = torch.randn(1, 1, 16, 24)
-    small = fxprune.prune(model, x, criterion="l1", ratio=0.5)
-    r = report(model, small, x, print_table=False)
-    assert dict(r.before.uncounted) == dict(r.after.uncounted) == {"aten::lstm": 1}
-    assert r.to_dict()["after"]["uncounted"] == {"aten::lstm": 1}
-    assert str(r).splitlines()[-1] == "MACs leave out aten::lstm: fvcore has no rule for them"
+    def __init__(self, lstm: nn.LSTM):
+        super().__init__()
+        self.ih = nn.Linear(lstm.input_size, 4 * lstm.hidden_size)
+        self.hh = nn.Linear(lstm.hidden_size, 4 * lstm.hidden_size)
+
+    def forward(self, x):  # (T, N, in)
+        h = c = x.new_zeros(x.shape[1], self.hh.in_features)
+        for step in x:
+            i, f, g, o = (self.ih(step) + self.hh(h)).chunk(4, 1)
+            c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+            h = o.sigmoid() * c.tanh()
+        return h
+
+
+def test_a_recurrent_layer_counts_the_macs_of_its_gate_products():
+    """fvcore has no rule for aten::lstm/gru (it would count 0): an LSTM counts what the same LSTM unrolled
+    into linear layers counts, and a 2-layer bidirectional GRU the products worked out by hand."""
+    lstm = nn.LSTM(8, 16)
+    x = torch.randn(5, 2, 8)
+    assert count(lstm, x).by_operator["lstm"] == count(UnrolledLSTM(lstm), x).by_operator["linear"] == 15_360
+    gru = nn.GRU(8, 16, num_layers=2, bidirectional=True, batch_first=True)
+    # per step and sequence, each direction: layer 0 (48x8 + 48x16), layer 1 (48x32 + 48x16); 2 x 5 steps
+    per_step = 2 * (48 * 8 + 48 * 16) + 2 * (48 * 32 + 48 * 16)
+    assert count(gru, torch.randn(2, 5, 8)).by_operator["gru"] == 10 * per_step
+    assert count(gru, torch.randn(2, 5, 8)).params_conv_linear == sum(p.numel() for p in gru.parameters())
+
+
+class Attention(nn.Module):
+    def __init__(self, fused: bool):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, q, k, v):
+        if self.fused:
+            return F.scaled_dot_product_attention(q, k, v)
+        return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v
+
+
+def test_fused_attention_counts_what_its_unfused_matmuls_count():
+    q, k, v = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 12, 8), torch.randn(2, 3, 12, 5)
+    fused, unfused = count(Attention(True), (q, k, v)), count(Attention(False), (q, k, v))
+    assert fused.by_operator["scaled_dot_product_attention"] == unfused.by_operator["matmul"] == 2 * 3 * 10 * 12 * 13
+    assert fused.macs_conv_linear == unfused.macs_conv_linear
+
+
+def test_multihead_attention_counts_its_projections_and_products():
+    """In eval mode under no_grad, nn.MultiheadAttention runs one fused kernel that fvcore counts as 0 MACs,
+    projections included: the count runs it unfused, and leaves torch's fast-path setting as it was."""
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=10).eval()
+    c = count(model, torch.randn(1, 3, 32, 32))
+    tokens = 4 * 4 + 1
+    assert c.by_operator["linear"] == tokens * 16 * (3 * 16 + 16 + 2 * 32) + 16 * 10  # qkv, out, mlp, head
+    assert c.by_operator["scaled_dot_product_attention"] == 2 * tokens * tokens * (8 + 8)  # heads of 8 dims
+    assert c.params_conv_linear == sum(p.numel() for n, p in model.named_parameters()
+                                       if "ln" not in n and n not in ("class_token", "encoder.pos_embedding"))
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_the_table_names_heavy_ops_no_rule_counts():
+    """A layer no MAC rule covers (nn.Bilinear) is named under the table, not silently counted as free."""
+
+    class Gate(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv, self.mix = nn.Conv2d(3, c, 3, padding=1), nn.Bilinear(c, c, 4)
+
+        def forward(self, x):
+            f = self.conv(x).mean((2, 3))
+            return self.mix(f, f)
+
+    model = randomize(Gate(8))
+    small = fxprune.prune(model, X8, criterion="l1", ratio=0.5)
+    r = report(model, small, X8, print_table=False)
+    assert dict(r.before.uncounted) == dict(r.after.uncounted) == {"aten::bilinear": 1}
+    assert r.to_dict()["after"]["uncounted"] == {"aten::bilinear": 1}
+    assert str(r).splitlines()[-1] == "MACs leave out aten::bilinear: no MAC rule for them"
     assert "leave out" not in str(report(TwoLayer(8), TwoLayer(4), X8, print_table=False))
