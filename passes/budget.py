@@ -9,7 +9,8 @@
   the most pruning can remove).
 
 MACs are counted from the analysis alone (no forward pass): a conv costs kept outputs × kept inputs
-per group × kernel taps × output positions, a linear kept outputs × kept inputs × leading positions.
+per group × kernel taps × output positions, a linear kept outputs × kept inputs × leading positions, a
+recurrent layer each gate weight matrix (the first layer's with its kept inputs) × steps.
 """
 from __future__ import annotations
 
@@ -28,12 +29,16 @@ TOLERANCE = 0.02
 
 
 def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
-    """Multiply-accumulates of every conv (transposed too) and linear layer after keeping ``kept`` (per sample)."""
+    """Multiply-accumulates of every conv (transposed too), linear and recurrent layer after keeping ``kept``
+    (per sample)."""
     keep = kept_mask(analysis, kept)
     nodes = {n.name: n for n in analysis.gm.graph.nodes}
     shapes = {name: n.meta.get("fxprune.shape") for name, n in nodes.items()}
     total = 0
     for role in analysis.roles.values():
+        if role.kind == "recurrent":
+            total += _recurrent_macs(analysis.gm.get_submodule(role.name), int(keep[role.in_elems].sum()),
+                                     nodes[role.node].args[0].meta["fxprune.shape"])
         if role.kind not in PRODUCER_KINDS:
             continue
         mod = analysis.gm.get_submodule(role.name)
@@ -52,6 +57,16 @@ def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
             positions = int(np.prod(out_shape[1:-1])) if len(out_shape) > 2 else 1
             total += n_out * n_in * positions
     return total
+
+
+def _recurrent_macs(rnn, n_in: int, in_shape) -> int:
+    """Every weight matrix of an RNN/LSTM/GRU times the time steps of one sequence; the first layer's
+    input weights read ``n_in`` kept features (fxprune.report counts the same products)."""
+    steps = in_shape[1] if rnn.batch_first and len(in_shape) == 3 else in_shape[0]
+    first = {"weight_ih_l0", "weight_ih_l0_reverse"}
+    per_step = sum(w.shape[0] * (n_in if name in first else w.shape[1])
+                   for name, w in rnn.named_parameters(recurse=False) if w.dim() == 2)
+    return steps * per_step
 
 
 def _in_width(mod) -> int:
