@@ -10,13 +10,15 @@
 
 MACs are counted from the analysis alone (no forward pass): a conv costs kept outputs × kept inputs
 per group × kernel taps × output positions, a linear kept outputs × kept inputs × leading positions, a
-recurrent layer each gate weight matrix (the first layer's with its kept inputs) × steps.
+recurrent layer each gate weight matrix (the first layer's with its kept inputs) × steps, and
+``nn.MultiheadAttention`` its q, k, v projections and attention products, as fxprune.report counts them.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
+import torch
 
 from .dependency import PRODUCER_KINDS, Analysis
 from .errors import PlanError
@@ -29,20 +31,22 @@ TOLERANCE = 0.02
 
 
 def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
-    """Multiply-accumulates of every conv (transposed too), linear and recurrent layer after keeping ``kept``
-    (per sample)."""
+    """Multiply-accumulates of every conv (transposed too), linear, recurrent and attention layer after keeping
+    ``kept`` (per sample)."""
     keep = kept_mask(analysis, kept)
     nodes = {n.name: n for n in analysis.gm.graph.nodes}
     shapes = {name: n.meta.get("fxprune.shape") for name, n in nodes.items()}
     total = 0
     for role in analysis.roles.values():
-        if role.kind == "recurrent":
-            total += _recurrent_macs(analysis.gm.get_submodule(role.name), int(keep[role.in_elems].sum()),
-                                     nodes[role.node].args[0].meta["fxprune.shape"])
+        if role.kind in ("recurrent", "attention"):
+            mod = analysis.gm.get_submodule(role.name)
+            steps = _steps(mod, _first(_input(nodes[role.node]).meta["fxprune.shape"]))
+            per_step = _recurrent_macs if role.kind == "recurrent" else _attention_macs
+            total += steps * per_step(mod, int(keep[role.in_elems].sum()), steps)
         if role.kind not in PRODUCER_KINDS:
             continue
         mod = analysis.gm.get_submodule(role.name)
-        out_shape = shapes[role.node]
+        out_shape = _first(shapes[role.node])
         n_out = int(keep[role.out_elems].sum())
         n_in = int(keep[role.in_elems].sum()) if role.in_elems is not None else _in_width(mod)
         if role.kind == "conv":
@@ -59,14 +63,35 @@ def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
     return total
 
 
-def _recurrent_macs(rnn, n_in: int, in_shape) -> int:
-    """Every weight matrix of an RNN/LSTM/GRU times the time steps of one sequence; the first layer's
-    input weights read ``n_in`` kept features (fxprune.report counts the same products)."""
-    steps = in_shape[1] if rnn.batch_first and len(in_shape) == 3 else in_shape[0]
+def _first(shape):
+    """A node's (first) output shape: a layer with several outputs (attention, a recurrent layer) records
+    a tuple of shapes."""
+    return shape if isinstance(shape, torch.Size) else shape[0]
+
+
+def _input(node):
+    """The first input of a layer call (``input`` of a recurrent layer, ``query`` of attention)."""
+    return node.args[0] if node.args else next(iter(node.kwargs.values()))
+
+
+def _steps(layer, shape) -> int:
+    """Time steps (tokens) of one sequence: dim 1 of a batch-first batch, dim 0 otherwise."""
+    return shape[1] if getattr(layer, "batch_first", False) and len(shape) == 3 else shape[0]
+
+
+def _recurrent_macs(rnn, n_in: int, steps: int) -> int:
+    """Per step: every weight matrix of an RNN/LSTM/GRU, the first layer's input weights reading ``n_in``
+    kept features (fxprune.report counts the same products)."""
     first = {"weight_ih_l0", "weight_ih_l0_reverse"}
-    per_step = sum(w.shape[0] * (n_in if name in first else w.shape[1])
-                   for name, w in rnn.named_parameters(recurse=False) if w.dim() == 2)
-    return steps * per_step
+    return sum(w.shape[0] * (n_in if name in first else w.shape[1])
+               for name, w in rnn.named_parameters(recurse=False) if w.dim() == 2)
+
+
+def _attention_macs(mha, n_in: int, steps: int) -> int:
+    """Per token of nn.MultiheadAttention's self-attention: the q, k, v projections of ``n_in`` kept
+    features to its inner width (never pruned), and q·kᵀ and weights·v over ``steps`` tokens; out_proj
+    is a linear role of its own."""
+    return 3 * mha.embed_dim * n_in + steps * 2 * mha.embed_dim
 
 
 def _in_width(mod) -> int:
