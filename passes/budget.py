@@ -39,10 +39,9 @@ def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
     total = 0
     for role in analysis.roles.values():
         if role.kind in ("recurrent", "attention"):
-            mod = analysis.gm.get_submodule(role.name)
-            steps = _steps(mod, _first(_input(nodes[role.node]).meta["fxprune.shape"]))
-            per_step = _recurrent_macs if role.kind == "recurrent" else _attention_macs
-            total += steps * per_step(mod, int(keep[role.in_elems].sum()), steps)
+            total += _sequence_layer_macs(analysis.gm.get_submodule(role.name), role.kind, nodes[role.node],
+                                          int(keep[role.in_elems].sum()))
+            continue
         if role.kind not in PRODUCER_KINDS:
             continue
         mod = analysis.gm.get_submodule(role.name)
@@ -69,29 +68,19 @@ def _first(shape):
     return shape if isinstance(shape, torch.Size) else shape[0]
 
 
-def _input(node):
-    """The first input of a layer call (``input`` of a recurrent layer, ``query`` of attention)."""
-    return node.args[0] if node.args else next(iter(node.kwargs.values()))
-
-
-def _steps(layer, shape) -> int:
-    """Time steps (tokens) of one sequence: dim 1 of a batch-first batch, dim 0 otherwise."""
-    return shape[1] if getattr(layer, "batch_first", False) and len(shape) == 3 else shape[0]
-
-
-def _recurrent_macs(rnn, n_in: int, steps: int) -> int:
-    """Per step: every weight matrix of an RNN/LSTM/GRU, the first layer's input weights reading ``n_in``
-    kept features (fxprune.report counts the same products)."""
+def _sequence_layer_macs(layer, kind: str, node, n_in: int) -> int:
+    """A recurrent layer: every weight matrix once per time step, the first layer's input weights reading
+    ``n_in`` kept features. nn.MultiheadAttention's self-attention: per token, the q, k, v projections of
+    ``n_in`` kept features to its inner width (never pruned), and q·kᵀ and weights·v over all tokens
+    (its out_proj is a linear role of its own). fxprune.report counts the same products."""
+    query = node.args[0] if node.args else next(iter(node.kwargs.values()))
+    shape = _first(query.meta["fxprune.shape"])
+    steps = shape[1] if getattr(layer, "batch_first", False) and len(shape) == 3 else shape[0]
+    if kind == "attention":
+        return steps * (3 * layer.embed_dim * n_in + steps * 2 * layer.embed_dim)
     first = {"weight_ih_l0", "weight_ih_l0_reverse"}
-    return sum(w.shape[0] * (n_in if name in first else w.shape[1])
-               for name, w in rnn.named_parameters(recurse=False) if w.dim() == 2)
-
-
-def _attention_macs(mha, n_in: int, steps: int) -> int:
-    """Per token of nn.MultiheadAttention's self-attention: the q, k, v projections of ``n_in`` kept
-    features to its inner width (never pruned), and q·kᵀ and weights·v over ``steps`` tokens; out_proj
-    is a linear role of its own."""
-    return 3 * mha.embed_dim * n_in + steps * 2 * mha.embed_dim
+    return steps * sum(w.shape[0] * (n_in if name in first else w.shape[1])
+                       for name, w in layer.named_parameters(recurse=False) if w.dim() == 2)
 
 
 def _in_width(mod) -> int:
