@@ -632,7 +632,8 @@ def _through_expand(t: torch.fx.Node) -> torch.fx.Node:
 # reshape: run the op on the layout array
 # ---------------------------------------------------------------------------------------------
 #: Ops that only move values, so that they move the kept channels of a pruned tensor as they move the layout
-#: (``flip`` reverses the kept ones, ``repeat`` repeats each kept one): not ``roll``, whose shift is positional.
+#: (``flip`` reverses the kept ones, ``repeat`` repeats each kept one): not ``roll``, whose shift is
+#: positional (see roll_rule).
 LAYOUT_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand",
                   "unflatten", "movedim", "t", "swapaxes", "expand_as", "view_as", "reshape_as", "flip", "repeat")
 LAYOUT_FUNCTIONS = (torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze,
@@ -906,6 +907,27 @@ def reduce_rule(an, node):
     if keepdim:
         return lay
     return Layout(np.squeeze(index, axis=tuple(dims)) if dims else index)
+
+
+@REGISTRY.function(torch.roll)
+@REGISTRY.method("roll")
+def roll_rule(an, node):
+    """A roll along other axes (Swin's shifted windows roll H and W) moves values within each channel:
+    channels pass through. Along a channel axis, or over the flattened tensor, its shift counts
+    positions, and pruning changes what a position holds: those channels freeze."""
+    src = _first_tensor(an, node)
+    lay, shape = an.layout(src), an.shape(src)
+    if lay is None:
+        return None
+    dims = an.value(_arg(node, 2, "dims", None))
+    if dims is None or dims == ():
+        return an.opaque(node, "roll over the flattened tensor") if lay.varying_dims() else lay
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return an.opaque(node, "roll over axes computed at run time")
+    if {_norm_dim(d, len(shape)) for d in dims} & set(lay.varying_dims()):
+        return an.opaque(node, "roll along a channel axis: its shift counts positions, which pruning changes")
+    return lay
 
 
 @REGISTRY.function(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize)

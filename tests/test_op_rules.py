@@ -847,6 +847,35 @@ def test_normalize_passes_channels_unless_it_normalizes_over_them():
     assert group.frozen and any("normalization over channels" in r.reason for r in group.reasons)
 
 
+class Rolled(nn.Module):
+    """conv -> roll -> conv: a spatial shift (Swin's shifted windows) or a roll over channels."""
+
+    def __init__(self, **roll):
+        super().__init__()
+        self.conv1, self.conv2, self.roll = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1), roll
+
+    def forward(self, x):
+        return self.conv2(torch.roll(self.conv1(x), **self.roll))
+
+
+@pytest.mark.parametrize("roll, pruned", [
+    ({"shifts": (2, -3), "dims": (2, 3)}, True),  # spatial: channels pass
+    ({"shifts": -1, "dims": -1}, True),
+    ({"shifts": 1, "dims": 1}, False),  # over channels: a shift of 1 of 16 is not one of 8
+    ({"shifts": 5}, False),  # over the flattened tensor
+])
+def test_roll_passes_channels_unless_it_rolls_over_them(roll, pruned):
+    x = torch.randn(2, 3, 8, 8)
+    model = randomize(Rolled(**roll))
+    group = next(g for g in fxprune.analyze(model, x).groups if ("conv1", "out") in g.members)
+    assert group.frozen != pruned
+    if pruned:
+        small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+        assert small.conv1.out_channels == 8
+    else:
+        assert any("roll" in r.reason for r in group.reasons)
+
+
 class Affine(nn.Module):
     """ResMLP's per-channel affine: torch.addcmul(beta, alpha, x) on channels-last tokens."""
 

@@ -25,7 +25,7 @@ from conftest import prune_and_check, randomize, rejecting_vacuous_examples
 
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
        "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
-       "stride", "upsample", "dense", "tied", "fconv", "upconv"]
+       "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift"]
 EXAMPLES = int(os.environ.get("FXPRUNE_FUZZ_EXAMPLES", "100"))
 
 
@@ -112,7 +112,7 @@ class RandomGraphNet(nn.Module):
         elif op == "dense":  # flatten -> linear -> back to a 1x1 map: every channel owns H*W features
             self.layers[name] = nn.Linear(ca * 8 * 8, w)
             out = w
-        else:  # relu, shuffle, pool, chanmean, roll, flip, upsample
+        else:  # relu, shuffle, pool, chanmean, roll, flip, upsample, shift
             out = ca
         self.program.append((op, (a, b), name if name in self.layers else None))
         widths.append(out)
@@ -162,6 +162,8 @@ class RandomGraphNet(nn.Module):
             return x.repeat(1, 2, 1, 1)
         if op == "roll":
             return torch.roll(x, 1, 1)
+        if op == "shift":  # a spatial roll (shifted windows): channels pass
+            return x.roll((1, -2), (2, 3))
         if op == "flip":
             return x.flip(1)
         if op == "split":
