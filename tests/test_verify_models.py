@@ -78,3 +78,21 @@ def test_seed_l1_single_layer_keeps_largest_filters():
     l1 = model.features.conv0.weight.detach().abs().sum((1, 2, 3))
     expected = sorted(torch.argsort(l1, descending=True)[:32].tolist())
     assert small.meta["fxprune.plan"].modules["features.conv0"]["out"] == expected
+
+
+def test_verify_checks_in_true_float32_and_puts_the_tf32_settings_back():
+    """cuDNN convolves float32 in TF32 by default on recent GPUs: ~5e-4 gaps that are no pruning error."""
+    model = randomize(get_model("resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    seen = []
+    small.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert fxprune.verify(model, small, x) <= 1e-5
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert seen and set(seen) == {(False, False)}
