@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
+    "DeviceBatches",
     "SeededShuffleSampler",
     "ShardSampler",
+    "TensorImages",
     "default_root",
     "load_dataset",
     "make_loaders",
@@ -126,29 +128,107 @@ def _check_split(split: str) -> str:
 
 
 class TensorImages(Dataset):
-    """In-memory image tensors with an optional per-item transform (digits, Fashion-MNIST)."""
+    """In-memory one-channel images (digits, Fashion-MNIST) as normalized 3-channel tensors.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float,
-                 transform: Callable | None = None):
+    ``augment`` applies the seeds' CIFAR recipe (a random 32x32 crop of the image padded by 4, a
+    random horizontal flip). Items go through torchvision transforms for a CPU DataLoader;
+    :meth:`batch` builds a whole batch with the same recipe on any device, so a GPU run is not
+    held back by CPU workers cropping one image at a time.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float, mean, std,
+                 augment: bool):
         self.images = images  # N x H x W (one channel, uint8 or float)
         self.labels = labels.long()
         self.targets = self.labels.tolist()
-        self.scale = scale
-        self.transform = transform
+        self.scale, self.mean, self.std, self.augment = scale, tuple(mean), tuple(std), augment
+        self.transform = _cifar_like_transform(augment, mean, std, tensor_input=True)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
         img = self.images[i].float().div(self.scale).unsqueeze(0).expand(3, -1, -1).contiguous()
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, int(self.labels[i])
+        return self.transform(img), int(self.labels[i])
+
+    def batch(self, indices: torch.Tensor, device: torch.device,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``indices`` as one normalized B x 3 x H x W batch on ``device``, with labels."""
+        images, labels = self._resident(torch.device(device))
+        indices = indices.to(images.device)
+        x = images[indices].float().div(self.scale)
+        if self.augment:
+            x = random_crop_flip(x, CROP_PADDING, generator)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.unsqueeze(1) - mean) / std, labels[indices]
+
+    def _resident(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole set on ``device``, copied once (Fashion-MNIST: 61 MB as uint8)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.images.to(device), self.labels.to(device))
+        return self._on_device[device]
 
 
-def _normalize_only(mean, std):
-    from torchvision import transforms as T
-    return T.Normalize(mean, std)
+#: RandomCrop(32, padding=4) of the seeds' CIFAR recipe.
+CROP_PADDING = 4
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Per image of B x H x W: an H x W crop of the zero-padded image at a uniform offset, mirrored
+    with probability 1/2 (torchvision's RandomCrop(padding=pad) + RandomHorizontalFlip, batched)."""
+    b, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), device=x.device, generator=generator)
+    flip = torch.rand(b, device=x.device, generator=generator) < 0.5
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    return padded[torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class DeviceBatches:
+    """Loader-like batches of a :class:`TensorImages` set (or a Subset of one), built on ``device``.
+
+    Order comes from ``sampler`` as in a DataLoader (``set_epoch`` and sharding included), and
+    augmentation draws from ``generator``, which the runner re-seeds per epoch: an epoch's batches
+    depend only on (seed, epoch, rank), as with the CPU loader, though the two draw different crops.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, sampler: Sampler, device: torch.device, seed: int):
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.images, self.index = _tensor_images(dataset)
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        if self.index is not None:
+            order = self.index[order]
+        for chunk in order.split(self.batch_size):
+            yield self.images.batch(chunk, self.device, self.generator)
+
+
+def batched_on_device(dataset: Dataset, device) -> bool:
+    """Whether :func:`make_loader` builds ``dataset``'s batches on ``device``: in-memory images bound for CUDA."""
+    return device is not None and torch.device(device).type == "cuda" and _tensor_images(dataset)[0] is not None
+
+
+def _tensor_images(dataset: Dataset) -> tuple[TensorImages | None, torch.Tensor | None]:
+    """(the TensorImages under ``dataset``, the Subset's indices into it or None); (None, None) if none."""
+    if isinstance(dataset, TensorImages):
+        return dataset, None
+    if isinstance(dataset, torch.utils.data.Subset):
+        base, index = _tensor_images(dataset.dataset)
+        if base is not None:
+            sub = torch.as_tensor(list(dataset.indices), dtype=torch.long)
+            return base, sub if index is None else index[sub]
+    return None, None
 
 
 def _cifar_like_transform(train: bool, mean, std, tensor_input: bool):
@@ -194,9 +274,7 @@ def _load_digits(split: str, augment: bool, seed: int = 0) -> Dataset:
     imgs = torch.from_numpy(x[idx]).repeat_interleave(4, 1).repeat_interleave(4, 2) / 16.0
     train_px = x[idx_train] / 16.0  # normalization statistics from the training split only
     mean, std = float(train_px.mean()), float(train_px.std())
-    tf = (_cifar_like_transform(True, (mean,) * 3, (std,) * 3, tensor_input=True) if augment
-          else _normalize_only((mean,) * 3, (std,) * 3))
-    return TensorImages(imgs, torch.from_numpy(bunch.target[idx]), 1.0, tf)
+    return TensorImages(imgs, torch.from_numpy(bunch.target[idx]), 1.0, (mean,) * 3, (std,) * 3, augment)
 
 
 # --------------------------------------------------------------------------- fashion-mnist (IDX)
@@ -256,8 +334,8 @@ def _load_fashion(root, split: str, augment: bool) -> Dataset:
                          f"{labels.shape}; expected N x H x W images and N labels")
     padded = torch.nn.functional.pad(torch.from_numpy(images), (2, 2, 2, 2)) \
         if images.shape[1:] == (28, 28) else _resize_to_32(images)
-    tf = _cifar_like_transform(augment, FASHION_MEAN, FASHION_STD, tensor_input=True)
-    return TensorImages(padded, torch.from_numpy(labels.astype(np.int64)), 255.0, tf)
+    return TensorImages(padded, torch.from_numpy(labels.astype(np.int64)), 255.0, FASHION_MEAN, FASHION_STD,
+                        augment)
 
 
 def _resize_to_32(images: np.ndarray) -> torch.Tensor:
@@ -455,18 +533,22 @@ def per_rank_batch(batch_size: int, distributed: bool) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, *, train: bool,
-                distributed: bool = False, seed: int = 0) -> DataLoader:
-    """One DataLoader with a reproducible sampler; ``batch_size`` is the global batch.
+                distributed: bool = False, seed: int = 0, device=None) -> DataLoader | DeviceBatches:
+    """One loader with a reproducible sampler; ``batch_size`` is the global batch.
 
     Workers are not persistent and the loader carries its own generator (re-seeded per epoch
     by the runner), so augmentation randomness in workers also depends only on (seed, epoch).
+    An in-memory image set (:class:`TensorImages`) bound for a CUDA ``device`` is batched on
+    that device instead (:class:`DeviceBatches`; ``workers`` is then not needed).
     """
     sampler = train_sampler(dataset, seed, distributed) if train else eval_sampler(dataset,
                                                                                   distributed)
+    per_rank = per_rank_batch(batch_size, distributed)
+    if batched_on_device(dataset, device):
+        return DeviceBatches(dataset, per_rank, sampler, device, seed)
     gen = torch.Generator()
     gen.manual_seed(seed)
-    return DataLoader(dataset, batch_size=per_rank_batch(batch_size, distributed),
-                      sampler=sampler, num_workers=workers, generator=gen,
+    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers, generator=gen,
                       pin_memory=torch.cuda.is_available(), drop_last=False)
 
 

@@ -539,7 +539,8 @@ def _train_record(summary: dict) -> dict:
     return {"top1": 100.0 * summary["best_acc"] if summary["best_epoch"] >= 0 else None,
             "best_epoch": summary["best_epoch"],
             "top1_final": 100.0 * final["val_acc"] if final else None,
-            "recipe": summary["recipe"], "history": summary["history"]}
+            "recipe": summary["recipe"], "history": summary["history"],
+            "device": summary["device"], "world_size": summary["world_size"]}
 
 
 def _train_into(source: ModelSource, dataset: str, opts: TrainOptions, recipe: dict, out) -> dict:
@@ -648,7 +649,8 @@ def _results_row(cfg, source, rep, top1_before, tuned, preset, err, trained) -> 
         "macs_before": b.macs_conv_linear, "macs_after": a.macs_conv_linear,
         "params_before_all": b.params, "params_after_all": a.params,
         "macs_before_all": b.macs, "macs_after_all": a.macs,
-        "epochs": tuned["recipe"]["epochs"], "preset": preset,
+        "epochs": tuned["recipe"]["epochs"], "preset": preset, "device": tuned["device"],
+        "world_size": tuned["world_size"],
         "baseline_epochs": trained["recipe"]["epochs"] if trained else (None if cfg.baseline else 0),
         "baseline": cfg.baseline, "input_size": source.input_size, "seed": cfg.finetune.seed,
         "max_steps_per_epoch": cfg.finetune.max_steps, "verify_error": err,

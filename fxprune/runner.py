@@ -13,8 +13,9 @@ once, reproducibly and resumably, for any model. Design points:
   :class:`NonFiniteLossError` before the bad step is applied and before anything is written.
 * **Devices.** CUDA when available (bf16 autocast, or fp16 with a GradScaler where bf16 is not
   supported; channels_last), else CPU in plain fp32.
-* **Multi-process.** Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised
-  (nccl on CUDA, gloo on CPU), the model wrapped in ``DistributedDataParallel``, training data
+* **Multi-process.** Under ``torchrun`` the process group is initialised (nccl on CUDA, gloo on
+  CPU), also for a single process, so a one-GPU run takes the same DDP path as an N-GPU one;
+  the model is wrapped in ``DistributedDataParallel``, training data
   sharded with ``DistributedSampler`` and evaluation sharded without padding and all-reduced;
   only rank 0 writes files. Batch sizes given to the runner are *global*.
 * **Hooks.** ``epoch_end_hooks`` get the unwrapped model on every rank; they must act the same
@@ -174,10 +175,7 @@ class _Dist:
     world: int = 1
     local_rank: int = 0
     created: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
+    distributed: bool = False  # joined a process group (DDP, sharded data), even of one process
 
     @property
     def main(self) -> bool:
@@ -191,23 +189,27 @@ def _pick_device(device) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local if int(os.environ.get("WORLD_SIZE", 1)) > 1 else
-                              torch.cuda.current_device())
+        device = torch.device("cuda", local if _launched_by_torchrun() else torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
 
 
+def _launched_by_torchrun() -> bool:
+    """torchrun sets these in every worker it starts, whatever the number of processes."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def _init_distributed(device: torch.device) -> _Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    """Join torchrun's (or the caller's) process group: nccl on CUDA, gloo on CPU."""
     created = False
     if not (dist.is_available() and dist.is_initialized()):
-        if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        if not _launched_by_torchrun():
             return _Dist()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         created = True
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
-                 created)
+                 created, distributed=True)
 
 
 def _amp_dtype(amp, device: torch.device):
@@ -240,7 +242,7 @@ def _logits(out):
 # --------------------------------------------------------------------------- data plumbing
 
 def _as_loader(data, batch_size: int, workers: int, *, train: bool, dctx: _Dist,
-               seed: int) -> DataLoader:
+               seed: int, device: torch.device | None = None) -> DataLoader | fxdata.DeviceBatches:
     """A DataLoader whose order is reproducible per epoch (and sharded under torchrun).
 
     Datasets get a new loader (``batch_size`` is global). A given DataLoader is kept when its
@@ -249,7 +251,7 @@ def _as_loader(data, batch_size: int, workers: int, *, train: bool, dctx: _Dist,
     """
     if not isinstance(data, DataLoader):
         return fxdata.make_loader(data, batch_size, workers, train=train,
-                                  distributed=dctx.distributed, seed=seed)
+                                  distributed=dctx.distributed, seed=seed, device=device)
     sampler = data.sampler
     if train and not dctx.distributed:
         fits = hasattr(sampler, "set_epoch") or isinstance(sampler, SequentialSampler)
@@ -368,7 +370,7 @@ def evaluate(model: nn.Module, data, device=None, *, amp=True, channels_last=Tru
     dctx = _Dist()
     if dist.is_available() and dist.is_initialized():
         dctx = _Dist(dist.get_rank(), dist.get_world_size())
-    loader = _as_loader(data, batch_size, 0, train=False, dctx=dctx, seed=0)
+    loader = _as_loader(data, batch_size, 0, train=False, dctx=dctx, seed=0, device=device)
     return _evaluate(model, loader, device, _amp_dtype(amp, device),
                      channels_last and device.type == "cuda", dctx)
 
@@ -511,7 +513,7 @@ def _resume(path: Path, model, ctx: _Ctx, scheduler, recipe: Recipe) -> tuple[_S
     if not path.is_file():
         log.info("resume=True but %s does not exist: starting from epoch 0", path)
         return _State(), None
-    ckpt = load_checkpoint(path, map_location=ctx.device)
+    ckpt = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest
     model.load_state_dict(ckpt["model"])
     ctx.optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -585,9 +587,9 @@ def _run(model, train_data, val_data, recipe: Recipe, device, dctx: _Dist, a: di
     ctx = _build_ctx(model, recipe, device, dctx, a)
     scheduler = _make_scheduler(ctx.optimizer, recipe)
     train_loader = _as_loader(train_data, recipe.batch_size, a["workers"], train=True, dctx=dctx,
-                              seed=seed)
+                              seed=seed, device=device)
     val_loader = _as_loader(val_data, recipe.batch_size, a["workers"], train=False, dctx=dctx,
-                            seed=seed)
+                            seed=seed, device=device)
     ckpt_dir = Path(a["checkpoint_dir"]) if a["checkpoint_dir"] is not None else None
     metrics = Path(a["metrics_path"]) if a["metrics_path"] is not None else None
     state, rng = _State(), None
@@ -607,7 +609,7 @@ def _run(model, train_data, val_data, recipe: Recipe, device, dctx: _Dist, a: di
     for epoch in range(state.next_epoch, recipe.epochs):
         _one_epoch(model, ctx, scheduler, state, recipe, train_loader, val_loader, epoch, a,
                    ckpt_dir, metrics)
-    return _summary(state, recipe)
+    return _summary(state, recipe, device, dctx)
 
 
 def _build_ctx(model, recipe: Recipe, device, dctx: _Dist, a: dict) -> _Ctx:
@@ -672,8 +674,9 @@ def _one_epoch(model, ctx: _Ctx, scheduler, state: _State, recipe: Recipe, train
                          ckpt_dir / "best.pt")
 
 
-def _summary(state: _State, recipe: Recipe) -> dict:
+def _summary(state: _State, recipe: Recipe, device: torch.device, dctx: _Dist) -> dict:
     final = state.history[-1] if state.history else {}
     return {"final": final, "val_loss": final.get("val_loss"), "val_acc": final.get("val_acc"),
             "best_acc": state.best_acc, "best_epoch": state.best_epoch,
-            "history": list(state.history), "recipe": asdict(recipe)}
+            "history": list(state.history), "recipe": asdict(recipe),
+            "device": str(device), "world_size": dctx.world, "ddp": dctx.distributed}

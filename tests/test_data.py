@@ -215,6 +215,68 @@ def test_make_loaders_distributed_uses_distributed_sampler(monkeypatch):
     assert list(val.sampler) == list(range(1, 360, 2))
 
 
+# --------------------------------------------------------------------------- batches built on the device
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _device_batches(dataset, batch, device, seed=3, epoch=0):
+    sampler = fxdata.SeededShuffleSampler(dataset, seed)
+    sampler.set_epoch(epoch)
+    loader = fxdata.DeviceBatches(dataset, batch, sampler, device, seed)
+    loader.generator.manual_seed(seed * 1000 + epoch)
+    return loader
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_batches_equal_the_dataloader_without_augmentation(device):
+    test = load_dataset("digits", split="test")
+    subset = torch.utils.data.Subset(test, range(7, 300, 2))
+    ours = _device_batches(subset, 64, device)
+    theirs = torch.utils.data.DataLoader(subset, batch_size=64, sampler=ours.sampler)
+    assert len(ours) == len(theirs) == 3
+    for (x, y), (x_ref, y_ref) in zip(ours, theirs, strict=True):
+        assert x.device.type == device and x.shape == x_ref.shape == (len(y_ref), 3, 32, 32)
+        torch.testing.assert_close(x.cpu(), x_ref, rtol=0, atol=1e-6)
+        assert torch.equal(y.cpu(), y_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_augmentation_is_a_padded_crop_and_flip_of_each_image(device):
+    """Each augmented image is one of the 9 x 9 x 2 crops/flips of its 4-padded original, and the
+    batch draws many of them; the same (seed, epoch) draws the same batch, another epoch another."""
+    plain = load_dataset("digits", split="train")
+    augmented = load_dataset("digits", split="train", augment=True)
+    x, y = next(iter(_device_batches(augmented, 256, device)))
+    x_plain, y_plain = next(iter(_device_batches(plain, 256, device)))
+    assert torch.equal(y, y_plain)
+    padded = torch.nn.functional.pad(x_plain[:, 0].cpu(), (4, 4, 4, 4))
+    zero = (0 - plain.mean[0]) / plain.std[0]  # padding is black before normalization
+    padded = torch.where(torch.nn.functional.pad(torch.ones(32, 32), (4, 4, 4, 4)).bool(), padded, zero)
+    drawn = set()
+    for i in range(len(y)):
+        crops = {(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                 if torch.allclose(x[i, 0].cpu(), (lambda c: c.flip(1) if f else c)(padded[i, dy:dy + 32, dx:dx + 32]),
+                                   atol=1e-5)}
+        assert crops, f"image {i} is no crop/flip of its padded original"
+        drawn |= crops
+    assert len({(dy, dx) for dy, dx, _ in drawn}) > 40 and {f for *_, f in drawn} == {0, 1}
+    again, _ = next(iter(_device_batches(augmented, 256, device)))
+    other, _ = next(iter(_device_batches(augmented, 256, device, epoch=1)))
+    assert torch.equal(again, x) and not torch.equal(other[:, :, :, :], x)
+
+
+def test_make_loader_batches_in_memory_images_on_a_cuda_device_only():
+    digits = load_dataset("digits", split="test")
+    tensors = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4))
+    assert fxdata.batched_on_device(digits, "cuda") and fxdata.batched_on_device(torch.utils.data.Subset(digits, [1]), "cuda:0")
+    assert not fxdata.batched_on_device(digits, "cpu") and not fxdata.batched_on_device(digits, None)
+    assert not fxdata.batched_on_device(tensors, "cuda")
+    assert isinstance(fxdata.make_loader(digits, 32, train=False, device="cpu"), torch.utils.data.DataLoader)
+    if torch.cuda.is_available():
+        assert isinstance(fxdata.make_loader(digits, 32, train=False, device="cuda"), fxdata.DeviceBatches)
+
+
 def test_cifar10_local_layout(tmp_path, monkeypatch):
     """Fake pickled batches in torchvision's layout (its md5 check is bypassed for fakes)."""
     import pickle

@@ -31,16 +31,17 @@ def _small(ds, n):
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     return env
 
 
-def _helper(out, *args, torchrun=False, check=True):
+def _helper(out, *args, torchrun=False, nproc=2, check=True):
     launcher = [sys.executable]
     if torchrun:
-        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     proc = subprocess.run(launcher + [str(HELPER), "--out", str(out), *map(str, args)],
                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     if check:
@@ -275,6 +276,20 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert f1["train_acc"] == pytest.approx(f2["train_acc"], abs=2 / 1408)
 
 
+def test_torchrun_with_one_process_takes_the_ddp_path(tmp_path):
+    """One torchrun process still joins a process group and wraps DDP, so a one-GPU run exercises
+    the code an N-GPU run uses; averaging gradients over a world of one changes nothing."""
+    args = ["--train-size", 640, "--epochs", 1, "--lr", 0.05, "--batch-size", 64]
+    _helper(tmp_path / "plain.pt", *args)
+    _helper(tmp_path / "ddp.pt", *args, torchrun=True, nproc=1)
+    plain = torch.load(tmp_path / "plain.pt", weights_only=False)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    assert (plain["result"]["ddp"], ddp["result"]["ddp"]) == (False, True)
+    assert ddp["result"]["world_size"] == 1
+    for k, v in plain["state"].items():
+        torch.testing.assert_close(ddp["state"][k], v, atol=1e-6, rtol=0)
+
+
 # --------------------------------------------------------------------------- GPU
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -329,3 +344,19 @@ def test_gpu_resume_in_process(tmp_path, digits):
     assert [h["epoch"] for h in res["history"]] == [0, 1, 2]
     assert [h["lr"] for h in res["history"]] == pytest.approx([h["lr"] for h in full["history"]])
     assert res["history"][0] == load_checkpoint(tmp_path / "last.pt")["history"][0]
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_torchrun_one_process_runs_ddp_over_nccl(tmp_path):
+    """torchrun on one GPU: nccl process group, DDP, bf16 autocast; ends near the plain GPU run
+    (GPU kernels are not bit-deterministic, and bf16 rounding differs step to step)."""
+    args = ["--train-size", 640, "--epochs", 1, "--lr", 0.05, "--batch-size", 64, "--device", "cuda"]
+    _helper(tmp_path / "plain.pt", *args)
+    _helper(tmp_path / "ddp.pt", *args, torchrun=True, nproc=1)
+    plain = torch.load(tmp_path / "plain.pt", weights_only=False)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    assert ddp["result"]["ddp"] and ddp["result"]["device"] == "cuda:0"
+    assert abs(ddp["result"]["final"]["val_acc"] - plain["result"]["final"]["val_acc"]) < 0.05
+    for k, v in plain["state"].items():
+        torch.testing.assert_close(ddp["state"][k].float(), v.float(), atol=5e-2, rtol=0)

@@ -65,6 +65,7 @@ def main(argv=None) -> None:
     p.add_argument("--augment", action="store_true", help="random crop + flip on digits")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="max_steps_per_epoch")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
     torch.manual_seed(123)
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     result = finetune(model, train, val, epochs=args.epochs, lr=args.lr, schedule="step",
                       milestones=[2], batch_size=args.batch_size, workers=args.workers, checkpoint_dir=args.ckpt_dir,
                       resume=args.resume, metrics_path=args.metrics, seed=7, progress=False, max_steps_per_epoch=args.max_steps,
-                      device="cpu")
+                      device=args.device)
     if int(os.environ.get("RANK", 0)) == 0:
         torch.save({"state": model.state_dict(), "result": result}, args.out)
 
