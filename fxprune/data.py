@@ -142,7 +142,8 @@ class TensorImages(Dataset):
         self.labels = labels.long()
         self.targets = self.labels.tolist()
         self.scale, self.mean, self.std, self.augment = scale, tuple(mean), tuple(std), augment
-        self.transform = _cifar_like_transform(augment, mean, std, tensor_input=True)
+        self.transform = _cifar_like_transform(augment, mean, std, tensor_input=True,
+                                               size=tuple(images.shape[-2:]))
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -231,10 +232,10 @@ def _tensor_images(dataset: Dataset) -> tuple[TensorImages | None, torch.Tensor 
     return None, None
 
 
-def _cifar_like_transform(train: bool, mean, std, tensor_input: bool):
-    """RandomCrop(32, pad 4) + flip for training, normalization always (the seeds' CIFAR recipe)."""
+def _cifar_like_transform(train: bool, mean, std, tensor_input: bool, size=32):
+    """RandomCrop(size, pad 4) + flip for training, normalization always (the seeds' CIFAR recipe)."""
     from torchvision import transforms as T
-    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train else []
+    steps = [T.RandomCrop(size, padding=CROP_PADDING), T.RandomHorizontalFlip()] if train else []
     if not tensor_input:
         steps.append(T.ToTensor())
     steps.append(T.Normalize(mean, std))

@@ -463,7 +463,9 @@ def _progress_bar(ctx: _Ctx, total: int, epoch: int):
 def _train_epoch(ctx: _Ctx, loader: DataLoader, epoch: int) -> dict:
     """One pass over the (already epoch-seeded) loader; returns global loss/acc/throughput."""
     ctx.net.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, count
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
+    count = 0  # on the host: no per-step copy to the device
     total = len(loader) if ctx.max_steps is None else min(len(loader), ctx.max_steps)
     start = time.perf_counter()
     with _progress_bar(ctx, total, epoch) as bar:
@@ -475,17 +477,17 @@ def _train_epoch(ctx: _Ctx, loader: DataLoader, epoch: int) -> dict:
             _check_finite(ctx, loss, epoch, step)
             _step(ctx, loss)
             with torch.no_grad():
-                sums += torch.stack([loss.detach().double() * y.numel(),
-                                     (logits.argmax(1) == y).sum().double(),
-                                     torch.tensor(float(y.numel()), device=ctx.device,
-                                                  dtype=torch.float64)])
+                loss_sum += loss.detach().double() * y.numel()
+                correct += (logits.argmax(1) == y).sum()
+            count += y.numel()
             bar.update(1)
             if not bar.disable and ((step + 1) % 10 == 0 or step + 1 == total):
-                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}",
-                                acc=f"{sums[1].item() / sums[2].item():.4f}")
+                bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}", acc=f"{correct.item() / count:.4f}")
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     elapsed = time.perf_counter() - start
+    sums = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), dtype=torch.float64,
+                                                                  device=ctx.device)])
     if ctx.dctx.distributed:
         dist.all_reduce(sums)
     n = max(sums[2].item(), 1.0)

@@ -128,3 +128,15 @@ def conv_linear_counts(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
         h.remove()
     params = sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) for p in m.parameters())
     return macs[0], params
+
+
+def bench_module(filename: str):
+    """Import a script of bench/ (not a package) as a module, for its smoke tests."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / filename
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,21 +1,16 @@
 """Smoke test of bench/criteria.py: its core function on digits, 1 criterion x 1 level x 1 seed, a few steps."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_criteria", ROOT / "bench" / "criteria.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("criteria.py")
 
 
 def test_core_on_digits(bench, tmp_path):
