@@ -144,7 +144,7 @@ class TensorImages(Dataset):
         self.scale, self.mean, self.std, self.augment = scale, tuple(mean), tuple(std), augment
         self.transform = _cifar_like_transform(augment, mean, std, tensor_input=True,
                                                size=tuple(images.shape[-2:]))
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -156,19 +156,19 @@ class TensorImages(Dataset):
     def batch(self, indices: torch.Tensor, device: torch.device,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``indices`` as one normalized B x 3 x H x W batch on ``device``, with labels."""
-        images, labels = self._resident(torch.device(device))
+        images, labels, mean, std = self._resident(torch.device(device))
         indices = indices.to(images.device)
         x = images[indices].float().div(self.scale)
         if self.augment:
             x = random_crop_flip(x, CROP_PADDING, generator)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.unsqueeze(1) - mean) / std, labels[indices]
 
-    def _resident(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole set on ``device``, copied once (Fashion-MNIST: 61 MB as uint8)."""
+    def _resident(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Images, labels and normalization on ``device``, copied once (Fashion-MNIST: 61 MB as uint8)."""
         if device not in self._on_device:
-            self._on_device[device] = (self.images.to(device), self.labels.to(device))
+            self._on_device[device] = (self.images.to(device), self.labels.to(device),
+                                       torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                                       torch.tensor(self.std, device=device).view(1, -1, 1, 1))
         return self._on_device[device]
 
 
@@ -198,7 +198,7 @@ class DeviceBatches:
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, sampler: Sampler, device: torch.device, seed: int):
-        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.batch_size, self.sampler = batch_size, sampler
         self.images, self.index = _tensor_images(dataset)
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)

@@ -208,6 +208,11 @@ def _init_distributed(device: torch.device) -> _Dist:
             return _Dist()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         created = True
+    return _joined(created)
+
+
+def _joined(created: bool = False) -> _Dist:
+    """The process group this process is in (it must be initialised)."""
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                  created, distributed=True)
 
@@ -367,9 +372,7 @@ def evaluate(model: nn.Module, data, device=None, *, amp=True, channels_last=Tru
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     model.to(device)
-    dctx = _Dist()
-    if dist.is_available() and dist.is_initialized():
-        dctx = _Dist(dist.get_rank(), dist.get_world_size())
+    dctx = _joined() if dist.is_available() and dist.is_initialized() else _Dist()
     loader = _as_loader(data, batch_size, 0, train=False, dctx=dctx, seed=0, device=device)
     return _evaluate(model, loader, device, _amp_dtype(amp, device),
                      channels_last and device.type == "cuda", dctx)
