@@ -6,13 +6,14 @@
 # Stages, each logged to $OUT and bounded by its own timeout so a slow one cannot starve the next:
 #   1. the GPU tests (AMP bf16/fp16 + channels_last, resume, torchrun with one process over nccl,
 #      pruning and verifying models that live on the GPU);
-#   2. bench/finetune_speed.py: runner vs plain loop images/s        -> $OUT/finetune.md;
-#   3. the seeds' table row on Fashion-MNIST: a ResNet-56 baseline, then `fxprune experiment` with
+#   2. the seeds' table row on Fashion-MNIST: a ResNet-56 baseline, then `fxprune experiment` with
 #      graph at threshold 0.7, l1 at the FLOPs reduction graph 0.7 reached (same fine-tune recipe,
 #      rgd-cifar), then graph at 0.75 and 0.65
-#      -> $OUT/fashion.md and $OUT/fashion_rows.json.
-# Epoch counts are shortened to fit the device time (BASELINE_EPOCHS, FINETUNE_EPOCHS); MAX_STEPS
-# caps each epoch (for a dry run on a CPU). Logs go to $OUT/stages.log, models to $EXP.
+#      -> $OUT/fashion.md and $OUT/fashion_rows.json;
+#   3. bench/finetune_speed.py: runner vs plain loop images/s        -> $OUT/finetune.md.
+# Epoch counts are shortened to fit the device time (BASELINE_EPOCHS, FINETUNE_EPOCHS), and each
+# recipe's learning-rate steps move to the same fractions of the shortened run (--scale-schedule);
+# MAX_STEPS caps each epoch (for a dry run on a CPU). Logs go to $OUT/stages.log, models to $EXP.
 set -u
 OUT=${OUT:?set OUT to a folder for the logs and results}
 FASHION_ROOT=${FASHION_ROOT:-/usr/share/datasets/fashion-mnist}
@@ -51,10 +52,10 @@ nvidia-smi -L | tee "$OUT/summary.txt"
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/summary.txt"
 
 stage gpu_tests 180 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_runner.py tests/test_verify_models.py -k "gpu"
-[ -z "${SKIP_SPEED:-}" ] && stage finetune_speed 150 "$PY" bench/finetune_speed.py --out "$OUT/finetune.md"
 
 FX=("$PY" -m fxprune)
-common=(--dataset fashion-mnist --data-root "$FASHION_ROOT" --workers "$WORKERS" ${MAX_STEPS:+--max-steps "$MAX_STEPS"})
+common=(--dataset fashion-mnist --data-root "$FASHION_ROOT" --workers "$WORKERS" --scale-schedule
+        ${MAX_STEPS:+--max-steps "$MAX_STEPS"})
 graph() {  # graph THRESHOLD: one experiment row with the graph criterion
   stage "graph_$1" 90 "${FX[@]}" experiment --baseline "$EXP/baseline" "${common[@]}" --criterion graph \
     --threshold "$1" --epochs "$FINETUNE_EPOCHS" --out "$EXP/graph_$1" --json
@@ -73,6 +74,7 @@ if stage baseline 150 "${FX[@]}" train --arch resnet56 "${common[@]}" --epochs "
   graph 0.75
   graph 0.65
 fi
+[ -z "${SKIP_SPEED:-}" ] && stage finetune_speed 150 "$PY" bench/finetune_speed.py --out "$OUT/finetune.md"
 
 "$PY" - "$EXP" "$OUT" <<'EOF'
 """Collect the experiment rows into one JSON file and the seeds' table shape."""

@@ -128,6 +128,9 @@ def _train_args(p, preset_required: bool = False, experiment: bool = False) -> N
     p.add_argument("--workers", type=_count, help="data-loading workers (default 4; 0 for digits)")
     p.add_argument("--max-steps", type=_positive, help="stop each epoch after this many steps (smoke tests)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints/last.pt under OUT")
+    p.add_argument("--scale-schedule", action="store_true",
+                   help="with fewer (or more) epochs than the recipe, step the learning rate at the recipe's "
+                        "fractions of the run (default: at the recipe's epochs, which a short run may never reach)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +219,8 @@ def _train_options(args):
 
     return TrainOptions(epochs=args.epochs, preset=args.preset, lr=args.lr, batch_size=args.batch_size,
                         workers=args.workers, max_steps=args.max_steps, data_root=args.data_root,
-                        seed=args.seed, resume=args.resume, progress=sys.stderr.isatty() and not args.json)
+                        seed=args.seed, resume=args.resume, progress=sys.stderr.isatty() and not args.json,
+                        scale_schedule=args.scale_schedule)
 
 
 def _cmd_prune(args) -> tuple[dict, str]:

@@ -51,7 +51,7 @@ from . import data as fxdata
 log = logging.getLogger(__name__)
 
 __all__ = ["PRESETS", "NonFiniteLossError", "Recipe", "evaluate", "finetune", "load_checkpoint",
-           "resolve_recipe"]
+           "resolve_recipe", "scale_milestones"]
 
 # Fine-tuning recipes of the seed methods (/work/shared/spec/algorithms.md §1.6, §2.4, §3.4, §4.7,
 # §5.6). ``step_size`` means "x gamma every step_size epochs" (StepLR) and is turned into
@@ -119,20 +119,27 @@ class Recipe:
     label_smoothing: float = 0.0
 
 
-def resolve_recipe(preset: str | None = None, **overrides) -> Recipe:
-    """Merge defaults < preset < explicit (non-None) arguments; turn step_size into milestones."""
+def resolve_recipe(preset: str | None = None, *, scale_schedule: bool = False, **overrides) -> Recipe:
+    """Merge defaults < preset < explicit (non-None) arguments; turn step_size into milestones.
+
+    ``scale_schedule=True``: a run of other length than the preset's takes the preset's learning-rate
+    steps at the same fractions of its own epochs (see :func:`scale_milestones`); by default they stay
+    at the preset's epochs, so a shortened run may never step."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
     cfg = dict(_DEFAULTS)
     cfg.update(PRESETS.get(preset, {}))
     if overrides.get("milestones") is not None:
         cfg["step_size"] = None  # explicit milestones win over a preset's step_size
+    elif scale_schedule and cfg["schedule"] == "step" and overrides.get("epochs") is not None:
+        own = _milestones_over(cfg["milestones"], cfg["step_size"], int(cfg["epochs"]))
+        cfg["milestones"] = scale_milestones(own, int(cfg["epochs"]), int(overrides["epochs"]))
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if cfg.get("epochs") is None or cfg.get("lr") is None:
         raise ValueError("epochs and lr are required (directly or through preset=)")
     step_size = cfg.pop("step_size")
     if cfg["schedule"] == "step" and cfg["milestones"] is None and step_size:
-        cfg["milestones"] = tuple(range(step_size, int(cfg["epochs"]), step_size))
+        cfg["milestones"] = _milestones_over(None, step_size, int(cfg["epochs"]))
     if cfg["schedule"] not in ("cosine", "step", "constant"):
         raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {cfg['schedule']!r}")
     if cfg["schedule"] == "step" and not cfg["milestones"]:
@@ -143,6 +150,21 @@ def resolve_recipe(preset: str | None = None, **overrides) -> Recipe:
         if len(cfg["gamma"]) != len(cfg["milestones"]):
             raise ValueError("a list of gammas needs one factor per milestone")
     return Recipe(**{k: cfg[k] for k in Recipe.__dataclass_fields__})
+
+
+def _milestones_over(milestones, step_size: int | None, epochs: int) -> tuple:
+    """A recipe's milestones: its own, or one every ``step_size`` epochs within ``epochs`` (StepLR)."""
+    if milestones is not None or not step_size:
+        return tuple(milestones or ())
+    return tuple(range(step_size, epochs, step_size))
+
+
+def scale_milestones(milestones, recipe_epochs: int, epochs: int) -> tuple:
+    """``milestones`` of a ``recipe_epochs`` run moved to the same fractions of an ``epochs`` run.
+
+    A milestone stays at epoch 1 or later (SFP's warm-up step at epoch 1 keeps its one warm-up
+    epoch); two that land on one epoch both apply there, as their gammas did in turn."""
+    return tuple(max(1 if m >= 1 else 0, round(m * epochs / recipe_epochs)) for m in milestones)
 
 
 def _make_scheduler(optimizer, recipe: Recipe):
@@ -560,7 +582,7 @@ def finetune(model: nn.Module, train_data, val_data, *, epochs: int | None = Non
              distill_temperature: float = 4.0, distill_alpha: float = 0.5,
              epoch_end_hooks: Iterable[Callable] = (), checkpoint_dir=None, resume: bool = False,
              metrics_path=None, seed: int = 0, progress: bool = True,
-             max_steps_per_epoch: int | None = None) -> dict:
+             max_steps_per_epoch: int | None = None, scale_schedule: bool = False) -> dict:
     """Fine-tune ``model`` in place with SGD; returns final metrics, best accuracy and history.
 
     Settings come from ``preset`` (a key of :data:`PRESETS`) overridden by explicit arguments;
@@ -571,8 +593,9 @@ def finetune(model: nn.Module, train_data, val_data, *, epochs: int | None = Non
     ``hook(model, epoch)`` after each epoch's last step, before evaluation and checkpointing.
     ``checkpoint_dir`` receives ``last.pt`` (every epoch, atomic) and ``best.pt`` (model weights
     of the best validation accuracy); ``resume=True`` continues from ``last.pt``.
+    ``scale_schedule=True`` moves the preset's learning-rate steps to the same fractions of ``epochs``.
     """
-    recipe = resolve_recipe(preset, epochs=epochs, lr=lr, schedule=schedule, momentum=momentum,
+    recipe = resolve_recipe(preset, scale_schedule=scale_schedule, epochs=epochs, lr=lr, schedule=schedule, momentum=momentum,
                             weight_decay=weight_decay, milestones=milestones, gamma=gamma,
                             batch_size=batch_size, nesterov=nesterov,
                             label_smoothing=label_smoothing)

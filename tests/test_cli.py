@@ -232,3 +232,19 @@ def test_a_failed_write_leaves_nothing(tmp_path):
         (stage / "saved").mkdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "saved"]
     assert (tmp_path / "plan.json").read_text() == "new"
+
+
+def test_pruning_with_a_dataset_verifies_on_its_images(monkeypatch):
+    """Noise barely moves a trained model's output, so the masked-equivalence check runs on real images
+    when there are any (the calibration batches); without them, on the example input."""
+    from fxprune import experiment as ex
+
+    calib = ex.calibration_batches("digits", samples=40, batch_size=32)
+    seen = []
+    real_verify = fxprune.verify
+    monkeypatch.setattr(fxprune, "verify", lambda m, s, x, **kw: seen.append(x) or real_verify(m, s, x, **kw))
+    source = ex.resolve_model("resnet20", num_classes=10, input_size=32)
+    for data in (calib, None):
+        ex._prune_and_measure(source, "l1", ex.Budget(ratio=0.3), data, None, ())
+    assert torch.equal(seen[0], calib[0][0][:16])
+    assert torch.equal(seen[1], ex.example_input(32))

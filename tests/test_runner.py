@@ -1,5 +1,6 @@
 """Fine-tune runner: recipes, hooks, metrics, exact resume after a kill, NaN stop, DDP, AMP."""
 
+import dataclasses
 import json
 import math
 import os
@@ -87,6 +88,45 @@ def test_explicit_arguments_override_preset_and_validation():
         resolve_recipe(None, epochs=3)
     with pytest.raises(ValueError, match="milestones"):
         resolve_recipe(None, epochs=3, lr=0.1, schedule="step")
+
+
+def _lrs(recipe) -> list[float]:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr)
+    sched = runner._make_scheduler(opt, recipe)
+    out = []
+    for _ in range(recipe.epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_scale_schedule_puts_the_recipes_steps_at_the_same_fractions_of_a_short_run():
+    """rgd-cifar steps at 30/70 and 60/70 of its epochs: an 8-epoch run steps after epochs 3 and 7."""
+    short = resolve_recipe("rgd-cifar", epochs=8, scale_schedule=True)
+    assert short.milestones == (3, 7)
+    assert _lrs(short) == pytest.approx([0.01] * 3 + [0.001] * 4 + [0.0001])
+    assert resolve_recipe("rgd-cifar", epochs=140, scale_schedule=True).milestones == (60, 120)
+    sfp = resolve_recipe("sfp-cifar", epochs=20, scale_schedule=True)  # one warm-up epoch stays one
+    assert (sfp.milestones, sfp.gamma) == ((1, 6, 12, 16), (10.0, 0.2, 0.2, 0.2))
+    assert _lrs(sfp)[:2] == pytest.approx([0.01, 0.1]) and _lrs(sfp)[-1] == pytest.approx(0.0008)
+    assert resolve_recipe("rgd-cifar", epochs=8, milestones=[5], scale_schedule=True).milestones == (5,)
+    assert resolve_recipe("l1-cifar", epochs=8, scale_schedule=True).schedule == "constant"
+
+
+def test_scale_schedule_reaches_the_baseline_and_preset_recipes_of_the_cli():
+    from fxprune.cli import build_parser, _train_options
+    from fxprune.experiment import _baseline_kwargs, _preset_kwargs
+
+    args = build_parser().parse_args(["train", "--arch", "resnet20", "--dataset", "digits", "--epochs", "20",
+                                      "--out", "x", "--scale-schedule"])
+    opts = _train_options(args)
+    assert _baseline_kwargs(opts)["milestones"] == [5, 10, 15]  # x0.1 every 50 of 200 epochs
+    unscaled = dataclasses.replace(opts, scale_schedule=False)
+    assert _baseline_kwargs(unscaled)["schedule"] == "constant"
+    tune = dataclasses.replace(opts, preset="rgd-cifar", epochs=8)
+    assert resolve_recipe(**_preset_kwargs(tune)).milestones == (3, 7)
+    assert resolve_recipe(**_preset_kwargs(dataclasses.replace(tune, scale_schedule=False))).schedule == "constant"
 
 
 def test_cosine_and_step_schedules():
