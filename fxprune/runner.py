@@ -595,10 +595,9 @@ def finetune(model: nn.Module, train_data, val_data, *, epochs: int | None = Non
     of the best validation accuracy); ``resume=True`` continues from ``last.pt``.
     ``scale_schedule=True`` moves the preset's learning-rate steps to the same fractions of ``epochs``.
     """
-    recipe = resolve_recipe(preset, scale_schedule=scale_schedule, epochs=epochs, lr=lr, schedule=schedule, momentum=momentum,
-                            weight_decay=weight_decay, milestones=milestones, gamma=gamma,
-                            batch_size=batch_size, nesterov=nesterov,
-                            label_smoothing=label_smoothing)
+    recipe = resolve_recipe(preset, scale_schedule=scale_schedule, epochs=epochs, lr=lr, schedule=schedule,
+                            momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma,
+                            batch_size=batch_size, nesterov=nesterov, label_smoothing=label_smoothing)
     device = _pick_device(device)
     dctx = _init_distributed(device)
     try:

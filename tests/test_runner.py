@@ -64,16 +64,21 @@ def test_presets_follow_the_spec():
     assert resolve_recipe("sfp-cifar").nesterov is True
 
 
-def test_sfp_schedule_lrs():
-    """SFP's --schedule 1 60 120 160 --gammas 10 0.2 0.2 0.2 on base lr 0.01."""
-    recipe = resolve_recipe("sfp-cifar")
+def _lrs(recipe) -> list[float]:
+    """The learning rate of each epoch under the recipe's scheduler."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr)
     sched = runner._make_scheduler(opt, recipe)
-    lrs = []
+    out = []
     for _ in range(recipe.epochs):
-        lrs.append(opt.param_groups[0]["lr"])
+        out.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return out
+
+
+def test_sfp_schedule_lrs():
+    """SFP's --schedule 1 60 120 160 --gammas 10 0.2 0.2 0.2 on base lr 0.01."""
+    lrs = _lrs(resolve_recipe("sfp-cifar"))
     for epoch, want in [(0, 0.01), (1, 0.1), (59, 0.1), (60, 0.02), (120, 0.004), (160, 0.0008)]:
         assert lrs[epoch] == pytest.approx(want)
 
@@ -88,17 +93,6 @@ def test_explicit_arguments_override_preset_and_validation():
         resolve_recipe(None, epochs=3)
     with pytest.raises(ValueError, match="milestones"):
         resolve_recipe(None, epochs=3, lr=0.1, schedule="step")
-
-
-def _lrs(recipe) -> list[float]:
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=recipe.lr)
-    sched = runner._make_scheduler(opt, recipe)
-    out = []
-    for _ in range(recipe.epochs):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
 
 
 def test_scale_schedule_puts_the_recipes_steps_at_the_same_fractions_of_a_short_run():
