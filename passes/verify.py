@@ -10,7 +10,7 @@ there: then it is float32 rounding, amplified by an ill-conditioned network).
 
 A pass proves little when the original's output hardly depends on its input (a randomly initialized
 deep network with default BatchNorm statistics: the activations vanish and the output is the last
-bias), since then any compact model passes. So a passing check also runs the original on a second,
+bias; a trained network fed noise, which it maps to one answer), since then any compact model passes. So a passing check also runs the original on a second,
 random input and warns (VacuousVerificationWarning) when the output barely moves.
 
 A model held in half precision (float16, bfloat16) is checked on float32 copies of both models: a kernel
@@ -294,9 +294,11 @@ def _warn_if_vacuous(ref: nn.Module, out: torch.Tensor, inputs: tuple, rtol: flo
     if moved < SENSITIVITY_MARGIN * rtol:
         warn_caller(VacuousVerificationWarning(
             f"verify passed, but the original's output changes by only {moved:.1e} (relative) between two random "
-            "inputs, so this check cannot tell a wrong compact model from a right one: its activations vanish "
-            "(a randomly initialized network with default BatchNorm statistics, say). Verify a trained model, or "
-            "one whose BatchNorm statistics a few train-mode forward passes have set."))
+            "inputs, so this check cannot tell a wrong compact model from a right one. Either noise barely reaches "
+            "its output (a trained model that gives every noise image the same answer: pass a batch of real inputs "
+            "as example_inputs) or its activations vanish (a randomly initialized network with default BatchNorm "
+            "statistics: verify a trained model, or one whose BatchNorm statistics a few train-mode forward passes "
+            "have set)."))
 
 
 def _another_input(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -264,7 +264,7 @@ def test_verify_warns_when_the_originals_output_ignores_its_input():
     small = fxprune.prune(net, X, criterion="l1", ratio=0.5)
     with torch.no_grad():
         small.get_submodule("3").weight.mul_(2.0)  # wrong, yet within 1e-5 of the masked original
-    with pytest.warns(fxprune.VacuousVerificationWarning, match="changes by only") as record:
+    with pytest.warns(fxprune.VacuousVerificationWarning, match="changes by only .* batch of real inputs") as record:
         assert fxprune.verify(net, small, X) <= 1e-5
     assert record[0].filename == __file__  # the warning points at the caller's line, not into fxprune
 
