@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxprune  # noqa: E402
 from fxprune import data as fxdata  # noqa: E402
 from fxprune.models import get_model  # noqa: E402
+from fxprune.experiment import write_text_atomic  # noqa: E402
 from fxprune.runner import finetune  # noqa: E402
 
 SGD = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -127,12 +127,6 @@ def markdown(rows: list[dict], device: torch.device, workers: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=None, help="training steps per epoch (default 40 CUDA, 3 CPU)")
@@ -148,7 +142,7 @@ def main(argv=None) -> None:
     table = markdown(rows, device, workers)
     print(table)
     if args.out is not None:
-        write_atomic(args.out, table)
+        write_text_atomic(args.out, table)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch.fx
 import torchvision
 
 import fxprune
+from fxprune.experiment import write_text_atomic
 from passes import criteria
 from passes.dependency import analyze
 from passes.plan import make_plan
@@ -164,11 +165,7 @@ def _write_table(rows, summary, args) -> None:
     lines += ["", "of which code: `small.recompile()` on the compact GraphModule, i.e. torch.fx generating and "
               "compiling its forward, which the rewrite does once."]
     lines += [""]
-    path = os.path.join(os.path.dirname(__file__), "results", "prune_speed.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(os.path.join(os.path.dirname(__file__), "results", "prune_speed.md"), "\n".join(lines))
 
 
 if __name__ == "__main__":

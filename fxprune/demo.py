@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 import fxprune
 from fxprune.data import load_dataset
+from fxprune.experiment import write_text_atomic
 from fxprune.models import get_model
 from fxprune.runner import evaluate, finetune
 
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fxprune.export(small, out / "model.pt", format="torchscript", example_inputs=torch.randn(1, 3, 32, 32))
-    _write_json(out / "plan.json", small.meta["fxprune.plan"].to_dict())
+    write_text_atomic(out / "plan.json", json.dumps(small.meta["fxprune.plan"].to_dict(), indent=2))
     summary = {
         "arch": args.arch,
         "threshold": args.threshold,
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
         "verify_rel_err": err,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    _write_json(out / "results.json", summary)
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=2))
     print(
         f"\ntop-1 on digits test: {summary['top1_before']:.2f}% before, {summary['top1_pruned_no_finetune']:.2f}% "
         f"right after pruning, {summary['top1_after']:.2f}% after fine-tuning\n"
@@ -93,12 +93,6 @@ def main(argv=None) -> dict:
         f"TorchScript: {out / 'model.pt'}   plan: {out / 'plan.json'}   ({summary['seconds']} s)"
     )
     return summary
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ __all__ = [
     "InputError", "ModelSource", "Budget", "TrainOptions", "ExperimentConfig", "resolve_model", "load_weights",
     "example_input", "calibration_batches", "prune_model", "prune_to_dir", "info", "report_models",
     "report_plan", "export_model", "evaluate_model", "train", "finetune_dir", "run_experiment",
-    "default_preset", "dataset_input_size", "BASELINE_RECIPE",
+    "default_preset", "dataset_input_size", "BASELINE_RECIPE", "write_json", "write_text_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -282,13 +282,19 @@ def _replace(src: Path, dst: Path, trash: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON under a temporary name, then rename: readers never see half a file."""
+    """Write JSON atomically (:func:`write_text_atomic`), from the main process only."""
     path = Path(path)
-    if not _main_process():
-        return path
+    if _main_process():
+        write_text_atomic(path, json.dumps(json_safe(obj), indent=1) + "\n")
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write under a temporary name, then rename: readers never see half a file, and a failure leaves none."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        tmp.write_text(json.dumps(json_safe(obj), indent=1) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -10,8 +10,9 @@ there: then it is float32 rounding, amplified by an ill-conditioned network).
 
 A pass proves little when the original's output hardly depends on its input (a randomly initialized
 deep network with default BatchNorm statistics: the activations vanish and the output is the last
-bias; a trained network fed noise, which it maps to one answer), since then any compact model passes. So a passing check also runs the original on a second,
-random input and warns (VacuousVerificationWarning) when the output barely moves.
+bias; a trained network fed noise, which it maps to one answer), since then any compact model passes.
+So a passing check also runs the original on a second, random input and warns
+(VacuousVerificationWarning) when the output barely moves.
 
 A model held in half precision (float16, bfloat16) is checked on float32 copies of both models: a kernel
 rounds a half-precision sum differently once it sums fewer channels, so a right compact model differs from

@@ -24,5 +24,5 @@ def test_both_loops_train_and_the_table_reports_them(bench, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), bench.fresh(net).state_dict().values()))
     table = bench.markdown([row], torch.device("cpu"), 0)
     assert "| tiny | 0.00 | 16² | 8 |" in table and "(CPU)" in table
-    bench.write_atomic(tmp_path / "t.md", table)
+    bench.write_text_atomic(tmp_path / "t.md", table)
     assert (tmp_path / "t.md").read_text() == table and not (tmp_path / "t.md.tmp").exists()
