@@ -46,3 +46,25 @@ def test_unknown_criterion_is_rejected(bench):
 def test_missing_fashion_names_the_path(bench, tmp_path):
     with pytest.raises(SystemExit, match=str(tmp_path / "nowhere")):
         bench.load_data("fashion-mnist", tmp_path / "nowhere")
+
+
+def _run(criterion, level, seed, top1):
+    return {"criterion": criterion, "level": level, "seed": seed, "flops_reduction": level, "params_reduction": level,
+            "top1_baseline": 0.94, "top1_pruned": 0.1, "top1_finetuned": top1}
+
+
+def test_a_level_cut_short_is_named_and_kept_out_of_the_ranking(bench, tmp_path):
+    cfg = {"dataset": "fashion-mnist", "train_subset": 0, "test_subset": 0, "baseline_epochs": 15, "baseline_lr": 0.1,
+           "batch_size": 128, "max_steps": None, "levels": [0.5, 0.72], "criteria": ["l1", "graph"], "seeds": [0],
+           "calib_batches": 1, "calib_batch_size": 32, "finetune_epochs": 3, "finetune_lr": 0.01,
+           "finetune_max_steps": 0, "device": "cuda"}
+    runs = [_run("l1", 0.5, 0, 0.939), _run("graph", 0.5, 0, 0.937), _run("l1", 0.72, 0, 0.99)]
+    result = {"config": cfg, "runs": runs, "elapsed_s": 60.0, "threads": 8, "torch": "x", "device_name": "GPU X",
+              "baselines": {"0": {"top1": 0.944, "macs": 42.9e6, "params": 291e3}}}
+    assert bench.complete_levels(result) == [0.5]
+    bench.write_outputs(result, tmp_path, "smoke")
+    md = (tmp_path / "criteria.md").read_text()
+    assert "| l1 | 72% |" not in md and "| l1 | 50% |" in md and "| graph | 50% |" in md
+    assert "Cut short" in md and "l1 at 72% seed 0: fine-tuned 99.00%" in md
+    assert "short of convergence" not in md  # a 94.4% baseline is converged
+    assert "trained on GPU X, pruned on the CPU" in md
