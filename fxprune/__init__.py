@@ -11,12 +11,13 @@ from passes.plan import Plan
 
 from .api import analyze, apply, criteria, plan, prune, register_criterion, verify
 from .export import export, load, save
+from .recalibrate import recalibrate_bn
 from .report import report
 from .soft import SoftFilterPruning
 
 __all__ = [
     "prune", "plan", "apply", "analyze", "verify", "report", "export", "save", "load", "criteria",
-    "register_criterion", "SoftFilterPruning", "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError",
+    "register_criterion", "recalibrate_bn", "SoftFilterPruning", "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError",
     "VerificationError", "VacuousVerificationWarning",
 ]
 __version__ = "0.1.0"

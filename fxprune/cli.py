@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_args(p)
     _data_args(p, required=False)
     p.add_argument("--ignore", action="append", default=[], help="module glob to leave unpruned (repeatable)")
+    p.add_argument("--recalibrate-bn", type=_positive, metavar="N",
+                   help="after the check, re-measure BatchNorm statistics on N training images of --dataset")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("info", _cmd_info, "list a model's channel groups and why frozen ones cannot be pruned")
@@ -225,12 +227,17 @@ def _train_options(args):
 
 def _cmd_prune(args) -> tuple[dict, str]:
     from fxprune import experiment as ex
+    from fxprune.data import load_dataset
 
+    if args.recalibrate_bn and not args.dataset:
+        raise ex.InputError("--recalibrate-bn needs --dataset: the training images the statistics are measured on")
     calib = (ex.calibration_batches(args.dataset, args.data_root, args.calib_samples, seed=args.seed)
              if args.dataset else None)
+    bn_data = load_dataset(args.dataset, args.data_root, "train", augment=False) if args.recalibrate_bn else None
     source = _source(args)
     r = ex.prune_to_dir(source, args.criterion, _budget(args), args.out, data=calib,
-                        round_to=args.round_to, ignore=args.ignore)
+                        round_to=args.round_to, ignore=args.ignore, bn_data=bn_data,
+                        bn_images=args.recalibrate_bn or 0)
     budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items()) or "default budget"
     data = f"calibration: {args.calib_samples} {args.dataset} training images" if calib else \
         "calibration: none (data-driven criteria score random inputs)"
@@ -239,6 +246,8 @@ def _cmd_prune(args) -> tuple[dict, str]:
         f"criterion: {args.criterion}, {budget}; {r['pruned_groups']} channel groups pruned; {data}",
         r["table"],
         f"check: relative error {r['verify_error']:.2e} against the original with removed channels masked",
+        *([f"BatchNorm statistics re-measured on {r['bn_recalibrated_images']} {args.dataset} training images "
+           "(after the check)"] if r["bn_recalibrated_images"] else []),
         "wrote: " + ", ".join(r["outputs"].values()),
     ])
     return r, text

@@ -407,18 +407,23 @@ def _verification_images(data, fallback: torch.Tensor, count: int = 16) -> torch
 
 
 def prune_to_dir(source: ModelSource, criterion: str, budget: Budget, out, *, data=None,
-                 round_to: int | None = None, ignore=()) -> dict:
-    """Prune ``source`` and write model.pt, plan.json, report.json, saved/ and meta.json to ``out``."""
+                 round_to: int | None = None, ignore=(), bn_data=None, bn_images: int = 0) -> dict:
+    """Prune ``source`` and write model.pt, plan.json, report.json, saved/ and meta.json to ``out``.
+
+    ``bn_images > 0``: after the check, the compact model's BatchNorm statistics are measured anew on that
+    many images of ``bn_data`` (:func:`fxprune.recalibrate_bn`)."""
     small, x, err, rep = _prune_and_measure(source, criterion, budget, data, round_to, ignore)
     plan = small.meta["fxprune.plan"]
-    report = {**rep.to_dict(), "input_shape": list(x.shape), "verify_error": err}
+    recalibrated = fxprune.recalibrate_bn(small, bn_data, images=bn_images) if bn_images else 0
+    report = {**rep.to_dict(), "input_shape": list(x.shape), "verify_error": err,
+              "bn_recalibrated_images": recalibrated}
     with staged(out) as stage:
         write_model(stage, small, x, _meta(source, pruned=True, criterion=criterion))
         write_json(stage / "plan.json", plan.to_dict())
         write_json(stage / "report.json", report)
     return {"model": source.to_dict(), "criterion": criterion, "budget": budget.kwargs(),
             "calibration_data": data is not None, "pruned_groups": len(plan.groups),
-            "verify_error": err, "report": rep.to_dict(), "table": str(rep),
+            "verify_error": err, "bn_recalibrated_images": recalibrated, "report": rep.to_dict(), "table": str(rep),
             "outputs": _outputs(out, "model.pt", "plan.json", "report.json", "saved", "meta.json")}
 
 

@@ -248,3 +248,26 @@ def test_pruning_with_a_dataset_verifies_on_its_images(monkeypatch):
         ex._prune_and_measure(source, "l1", ex.Budget(ratio=0.3), data, None, ())
     assert torch.equal(seen[0], calib[0][0][:16])
     assert torch.equal(seen[1], ex.example_input(32))
+
+
+def test_prune_can_recalibrate_batchnorm_after_the_check(work, pruned_l1):
+    """--recalibrate-bn N: the saved compact model holds statistics measured on N digits images, not the
+    original's slices; the check ran before (its error is still reported) and the text says so."""
+    out = work / "recalibrated"
+    proc = cli("prune", "--model", "resnet20", "--criterion", "l1", "--ratio", "0.3", "--dataset", "digits",
+               "--calib-samples", "32", "--recalibrate-bn", "64", "--out", out)
+    assert "re-measured on 64 digits training images" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["bn_recalibrated_images"] == 64 and report["verify_error"] < 1e-4
+    plain = fxprune.load(pruned_l1[0] / "saved")
+    small = fxprune.load(out / "saved")
+    assert torch.equal(small.conv1.weight, plain.conv1.weight)  # same random init, same slices
+    assert not torch.equal(small.bn1.running_mean, plain.bn1.running_mean)
+    assert int(small.bn1.num_batches_tracked) == 1  # 64 images: one batch of 64
+
+
+def test_recalibrate_bn_without_a_dataset_exits_2(work):
+    proc = cli("prune", "--model", "resnet20", "--criterion", "l1", "--ratio", "0.3", "--recalibrate-bn", "64",
+               "--out", work / "nope", expect=2)
+    assert "--recalibrate-bn needs --dataset" in proc.stderr
+    assert not (work / "nope").exists()
