@@ -157,7 +157,10 @@ def _torch_bytes(obj) -> bytes:
 
 
 def prune_and_finetune(base, criterion: str, level: float, seed: int, cfg: dict, train, test, calib,
-                       base_counts) -> dict:
+                       base_counts, train_plain=None) -> dict:
+    """Top-1 right after pruning, then with BatchNorm statistics re-measured on ``cfg["bn_images"]`` un-augmented
+    training images (``fxprune.recalibrate_bn``; it does not change what fine-tuning reaches, since training
+    normalizes with batch statistics), then after fine-tuning."""
     x = torch.randn(1, 3, 32, 32)
     t0 = time.perf_counter()
     model = copy.deepcopy(base).eval()
@@ -166,13 +169,18 @@ def prune_and_finetune(base, criterion: str, level: float, seed: int, cfg: dict,
     prune_s = time.perf_counter() - t0
     macs, params = _counts(small, x)
     _, pruned = evaluate(small, test, device=cfg["device"])
+    recalibrated = None
+    if cfg.get("bn_images") and train_plain is not None:
+        fxprune.recalibrate_bn(small, train_plain, images=cfg["bn_images"], seed=seed)
+        _, recalibrated = evaluate(small, test, device=cfg["device"])
     t1 = time.perf_counter()
     res = finetune(small, train, test, epochs=cfg["finetune_epochs"], lr=cfg["finetune_lr"], schedule="cosine",
                    batch_size=cfg["batch_size"], max_steps_per_epoch=cfg["finetune_max_steps"] or None,
                    progress=False, seed=seed, device=cfg["device"])
     return {"criterion": criterion, "level": level, "seed": seed,
             "flops_reduction": 1.0 - macs / base_counts[0], "params_reduction": 1.0 - params / base_counts[1],
-            "macs": macs, "params": params, "top1_pruned": pruned, "top1_finetuned": float(res["val_acc"]),
+            "macs": macs, "params": params, "top1_pruned": pruned, "top1_recalibrated": recalibrated,
+            "top1_finetuned": float(res["val_acc"]),
             "prune_s": prune_s, "finetune_s": time.perf_counter() - t1}
 
 
@@ -192,6 +200,7 @@ def _run_grid(cfg, out_json, cache_dir, previous, command) -> dict:
     train, train_plain, test = load_data(cfg["dataset"], cfg.get("root"), cfg["train_subset"],
                                          cfg.get("test_subset"), device_batched=cfg["device"] != "cpu")
     log(f"{cfg['dataset']}: {len(train)} training images, {len(test)} test images")
+    n_test = len(test)
     done = {}
     grid = ("seeds", "criteria", "levels")  # runs done under the same settings are reused, whatever the grid
     if previous and {k: v for k, v in previous.get("config", {}).items() if k not in grid} == \
@@ -201,7 +210,7 @@ def _run_grid(cfg, out_json, cache_dir, previous, command) -> dict:
             log(f"resuming: {len(done)} runs already in {out_json}")
             start -= float(previous.get("elapsed_s", 0.0))  # report the compute of all sessions together
     result = {"config": cfg, "command": command, "baselines": {}, "runs": [], "torch": torch.__version__,
-              "threads": torch.get_num_threads(),
+              "threads": torch.get_num_threads(), "n_test": n_test,
               "device_name": torch.cuda.get_device_name() if cfg["device"].startswith("cuda") else "cpu"}
     x = torch.randn(1, 3, 32, 32)
     total = len(cfg["seeds"]) * len(cfg["criteria"]) * len(cfg["levels"])
@@ -223,7 +232,8 @@ def _run_grid(cfg, out_json, cache_dir, previous, command) -> dict:
                 r = done.get((seed, crit, level))
                 if r is None:
                     try:
-                        r = prune_and_finetune(base, crit, level, seed, cfg, train, test, calib, base_counts)
+                        r = prune_and_finetune(base, crit, level, seed, cfg, train, test, calib, base_counts,
+                                               train_plain)
                     except PlanError as e:  # e.g. a FLOPs target the channel granularity cannot reach
                         log(f"[{k}/{total}] seed {seed} {crit} level {level:.2f}: FAILED: {e}")
                         result.setdefault("failed", []).append({"seed": seed, "criterion": crit, "level": level,
@@ -233,7 +243,8 @@ def _run_grid(cfg, out_json, cache_dir, previous, command) -> dict:
                 result["runs"].append(r)
                 log(f"[{k}/{total}] seed {seed} {crit:7s} level {level:.2f}: FLOPs -{r['flops_reduction']:.1%} "
                     f"params -{r['params_reduction']:.1%} | top-1 base {top1:.4f} pruned {r['top1_pruned']:.4f} "
-                    f"fine-tuned {r['top1_finetuned']:.4f} | prune {r['prune_s']:.1f}s ft {r['finetune_s']:.1f}s "
+                    + (f"BN re-measured {r['top1_recalibrated']:.4f} " if r.get("top1_recalibrated") is not None else "")
+                    + f"fine-tuned {r['top1_finetuned']:.4f} | prune {r['prune_s']:.1f}s ft {r['finetune_s']:.1f}s "
                     f"| elapsed {time.perf_counter() - start:.0f}s")
                 result["elapsed_s"] = time.perf_counter() - start
                 if out_json is not None:
@@ -272,8 +283,15 @@ def summarize(result: dict) -> dict:
             row = {"criterion": crit, "level": level, "n": len(rs)}
             for key in ("flops_reduction", "params_reduction", "top1_baseline", "top1_pruned", "top1_finetuned"):
                 row[key], row[key + "_std"] = _ms([r[key] for r in rs])
+            if all(r.get("top1_recalibrated") is not None for r in rs):  # runs from before the column have none
+                row["top1_recalibrated"], row["top1_recalibrated_std"] = _ms([r["top1_recalibrated"] for r in rs])
             rows.append(row)
     return {"rows": rows}
+
+
+def _recalibrated(rows: list[dict]) -> bool:
+    """Whether every row has a top-1 with BatchNorm statistics re-measured."""
+    return bool(rows) and all("top1_recalibrated" in r for r in rows)
 
 
 def _fmt(m, s, pct=True) -> str:
@@ -300,12 +318,19 @@ def analysis_text(result: dict) -> list[str]:
         if second:
             gap = best["top1_finetuned"] - second["top1_finetuned"]
             noise = max(best["top1_finetuned_std"], second["top1_finetuned_std"])
+            spread = ("one seed: spread unmeasured" if min(best["n"], second["n"]) < 2
+                      else f"{'within' if gap <= 2 * noise else 'outside'} 2x the seed std")
             msg += (f", then {second['criterion']} {_fmt(second['top1_finetuned'], second['top1_finetuned_std'])}% "
-                    f"(gap {gap * 100:.2f} pt, {'within' if gap <= 2 * noise else 'outside'} 2x the seed std); "
+                    f"(gap {gap * 100:.2f} pt, {spread}); "
                     f"worst {rs[-1]['criterion']} {_fmt(rs[-1]['top1_finetuned'], rs[-1]['top1_finetuned_std'])}%")
         bp = max((r for r in rows if r["level"] == level), key=lambda r: r["top1_pruned"])
         msg += f". Right after pruning (no fine-tuning) the best is {bp['criterion']} " \
                f"{_fmt(bp['top1_pruned'], bp['top1_pruned_std'])}%."
+        if _recalibrated(rs):
+            by = sorted(rs, key=lambda r: -r["top1_recalibrated"])
+            msg += (f" With BatchNorm statistics re-measured (no training): best {by[0]['criterion']} "
+                    f"{_fmt(by[0]['top1_recalibrated'], by[0]['top1_recalibrated_std'])}%, worst {by[-1]['criterion']} "
+                    f"{_fmt(by[-1]['top1_recalibrated'], by[-1]['top1_recalibrated_std'])}%.")
         lines.append(msg)
     return lines
 
@@ -324,10 +349,21 @@ def graph_vs_l1(result: dict) -> list[str]:
     return out
 
 
+def _beats_random(result: dict, crits, levels, se: float, key: str = "top1_finetuned") -> list[str]:
+    """The (criterion, level) pairs whose paired lead over `random` on ``key`` exceeds twice its noise."""
+    out = []
+    for c in crits:
+        for lv in levels:
+            d = _paired(result, c, "random", lv, key)
+            if c != "random" and d[2] > 1 and d[0] > 2 * max(d[1], se * math.sqrt(2)):
+                out.append(f"{c} at {lv:.0%} ({d[0] * 100:+.1f} pt)")
+    return out
+
+
 def verdict_text(result: dict) -> list[str]:
     """The short answer, derived from the numbers (no hand-written claims)."""
     cfg, rows = result["config"], result["summary"]["rows"]
-    n_test = cfg.get("test_subset") or 10000
+    n_test = result.get("n_test") or cfg.get("test_subset") or 10000  # runs from before n_test: Fashion-MNIST
     base = _ms([b["top1"] for b in result["baselines"].values()])[0]
     se = math.sqrt(max(base * (1 - base), 1e-6) / n_test)  # binomial s.e. of one top-1 measurement
     crits = [c for c in cfg["criteria"] if any(r["criterion"] == c for r in rows)]
@@ -338,7 +374,7 @@ def verdict_text(result: dict) -> list[str]:
         rs = sorted((r for r in rows if r["level"] == level), key=lambda r: -r["top1_finetuned"])
         for i, r in enumerate(rs):
             ranks[r["criterion"]].append(i + 1)
-        if len(rs) > 1:
+        if len(rs) > 1 and min(rs[0]["n"], rs[1]["n"]) > 1:  # one seed: its spread is unknown, no winner is called
             noise = max(rs[0]["top1_finetuned_std"], rs[1]["top1_finetuned_std"], se)
             if rs[0]["top1_finetuned"] - rs[1]["top1_finetuned"] > 2 * noise:
                 clear.append((level, rs[0]["criterion"]))
@@ -350,6 +386,8 @@ def verdict_text(result: dict) -> list[str]:
     if clear:
         v += "A winner that leads the runner-up by more than twice the noise: " + ", ".join(
             f"{c} at {lv:.0%}" for lv, c in clear) + ". "
+    elif len(cfg["seeds"]) < 2:
+        v += ("With one seed the seed-to-seed spread is not measured, so no lead is called real here. ")
     else:
         v += (f"At no level does the winner lead the runner-up by more than twice the noise (seed std, or the "
               f"{se * 100:.1f} pt binomial standard error of one top-1 on {n_test} test images, whichever is larger): "
@@ -367,32 +405,38 @@ def verdict_text(result: dict) -> list[str]:
                    if r["criterion"] == "graph" and q["criterion"] == "l1" and r["level"] == q["level"]
                    and r["seed"] == q["seed"] and r["top1_finetuned"] > q["top1_finetuned"])
         pairs = sum(d[2] for d in diffs)
-        big = [lv for lv, d in zip(levels, diffs) if abs(d[0]) > 2 * max(d[1], se * math.sqrt(2))]
+        big = [lv for lv, d in zip(levels, diffs) if d[2] > 1 and abs(d[0]) > 2 * max(d[1], se * math.sqrt(2))]
         v += (f"**Graph vs L1:** graph beats L1 after fine-tuning in {wins} of {pairs} paired (seed, level) runs; "
               f"the paired difference is " + ", ".join(f"{d[0] * 100:+.2f} pt at {lv:.0%}" for lv, d in zip(levels, diffs))
               + ". ")
         if big:
             v += ("It exceeds twice its noise at " + ", ".join(f"{lv:.0%}" for lv in big) + ", so on this setup the "
                   "difference there is real, in the direction of its sign. ")
+        elif len(cfg["seeds"]) < 2:
+            v += "With one seed these differences cannot be told from seed-to-seed noise. "
         else:
             v += ("None of these exceeds twice its noise, so this benchmark does **not** support seed 000's claim that "
                   "graph beats L1 at equal FLOPs (nor the opposite): the differences are within noise. ")
-    if "random" in crits:
-        beat = []
-        for c in crits:
-            if c == "random":
-                continue
-            for lv in levels:
-                d = _paired(result, c, "random", lv)
-                if d[2] > 1 and d[0] > 2 * max(d[1], se * math.sqrt(2)):
-                    beat.append(f"{c} at {lv:.0%} ({d[0] * 100:+.1f} pt)")
+    if "random" in crits and len(cfg["seeds"]) < 2:
+        v += "The `random` control is not tested against with one seed. "
+    elif "random" in crits:
+        beat = _beats_random(result, crits, levels, se)
         v += ("Against the `random` control (paired per seed), the criteria that beat it by more than twice the noise: "
               + (", ".join(beat) if beat else "none") + ". ")
+        if _recalibrated(rows):
+            v += ("Before any fine-tuning, with BatchNorm statistics re-measured, those that beat it so: "
+                  + (", ".join(_beats_random(result, crits, levels, se, "top1_recalibrated")) or "none") + ". ")
     top_pruned = max(r["top1_pruned"] for r in rows)
     if top_pruned < 0.3:
         v += (f"Right after pruning every criterion is near chance (best {top_pruned * 100:.1f}% vs 10% chance) at "
-              "every level, so the 'pruned' column does not separate the criteria here; the ranking comes from the "
-              "short fine-tuning, whose seed-to-seed spread is large. ")
+              "every level, so the 'pruned' column does not separate the criteria here")
+        if _recalibrated(rows):
+            v += "; with BatchNorm statistics re-measured they spread over " + ", ".join(
+                f"{min(r['top1_recalibrated'] for r in rows if r['level'] == lv) * 100:.1f}-"
+                f"{max(r['top1_recalibrated'] for r in rows if r['level'] == lv) * 100:.1f}% at {lv:.0%}"
+                for lv in levels) + ". "
+        else:
+            v += "; the ranking comes from the short fine-tuning, whose seed-to-seed spread is large. "
     ft = cfg.get("finetune_max_steps")
     v += ("Caveats: " + (f"a short, sub-converged baseline ({base * 100:.1f}%), " if _short_of_convergence(result) else "")
           + (f"only {ft} fine-tuning steps per epoch x {cfg['finetune_epochs']} epoch(s), " if ft else
@@ -468,8 +512,9 @@ def write_markdown(result: dict, path: Path, command: str) -> None:
         "",
         "Top-1 in %, reductions in % of the baseline's conv+linear MACs / params (measured on the pruned model).",
         "",
-        "| criterion | target | FLOPs red. | params red. | top-1 baseline | top-1 pruned | top-1 fine-tuned |",
-        "|---|---|---|---|---|---|---|",
+        "| criterion | target | FLOPs red. | params red. | top-1 baseline | top-1 pruned | "
+        + ("top-1 BN re-measured | " if _recalibrated(rows) else "") + "top-1 fine-tuned |",
+        "|---|---|---|---|---|---|---|" + ("---|" if _recalibrated(rows) else ""),
     ]
     for level in cfg["levels"]:
         for r in sorted((r for r in rows if r["level"] == level), key=lambda r: -r["top1_finetuned"]):
@@ -477,7 +522,8 @@ def write_markdown(result: dict, path: Path, command: str) -> None:
                 f"| {r['criterion']} | {level:.0%} | {_fmt(r['flops_reduction'], r['flops_reduction_std'])} | "
                 f"{_fmt(r['params_reduction'], r['params_reduction_std'])} | "
                 f"{_fmt(r['top1_baseline'], r['top1_baseline_std'])} | {_fmt(r['top1_pruned'], r['top1_pruned_std'])} | "
-                f"**{_fmt(r['top1_finetuned'], r['top1_finetuned_std'])}** |")
+                + (f"{_fmt(r['top1_recalibrated'], r['top1_recalibrated_std'])} | " if _recalibrated(rows) else "")
+                + f"**{_fmt(r['top1_finetuned'], r['top1_finetuned_std'])}** |")
     cut = [lv for lv in cfg["levels"] if lv not in complete_levels(result)
            and any(r["level"] == lv for r in result["runs"])]
     if cut:
@@ -502,10 +548,13 @@ def write_plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     cfg, rows = result["config"], result["summary"]["rows"]
     base = _ms([b["top1"] for b in result["baselines"].values()])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
-    for ax, key, title in ((axes[0], "top1_pruned", "right after pruning"),
-                           (axes[1], "top1_finetuned", f"after fine-tuning ({cfg['finetune_epochs']} epoch(s)"
-                           + (f", <= {cfg['finetune_max_steps']} steps" if cfg.get("finetune_max_steps") else "") + ")")):
+    panels = [("top1_pruned", "right after pruning")]
+    if _recalibrated(rows):
+        panels.append(("top1_recalibrated", "BatchNorm statistics re-measured"))
+    panels.append(("top1_finetuned", f"after fine-tuning ({cfg['finetune_epochs']} epoch(s)"
+                   + (f", <= {cfg['finetune_max_steps']} steps" if cfg.get("finetune_max_steps") else "") + ")"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), sharex=True)
+    for ax, (key, title) in zip(axes, panels):
         for i, crit in enumerate(cfg["criteria"]):
             rs = sorted((r for r in rows if r["criterion"] == crit), key=lambda r: r["level"])
             if not rs:
@@ -519,7 +568,7 @@ def write_plot(result: dict, path: Path) -> None:
         ax.set_xlabel("FLOPs (conv+linear MACs) reduction, %")
         ax.set_ylabel("top-1, %")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, ncol=2)
+    axes[-1].legend(fontsize=8, ncol=2)
     fig.suptitle(f"ResNet-20 on {cfg['dataset']}: mean ± std over seeds {cfg['seeds']}")
     fig.tight_layout()
     import io
@@ -557,6 +606,8 @@ def parse_args(argv=None):
                     help="flops_reduction targets; ResNet-20's channel granularity (uniform per-group ratio) cannot "
                          "land within 2%% of 0.70 (closest 72.2%%), hence 0.72")
     ap.add_argument("--criteria", nargs="+", default=DEFAULT_CRITERIA)
+    ap.add_argument("--bn-images", type=int, default=1024,
+                    help="training images the BatchNorm statistics are re-measured on before fine-tuning (0: skip)")
     ap.add_argument("--calib-batches", type=int, default=1)
     ap.add_argument("--calib-batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -580,7 +631,8 @@ def config_from_args(a) -> dict:
             "finetune_lr": a.finetune_lr, "batch_size": a.batch_size, "max_steps": a.max_steps,
             "finetune_max_steps": a.finetune_max_steps, "seeds": a.seeds,
             "levels": a.levels, "criteria": a.criteria, "calib_batches": a.calib_batches,
-            "calib_batch_size": a.calib_batch_size, "threads": a.threads, "device": a.device}
+            "calib_batch_size": a.calib_batch_size, "threads": a.threads, "device": a.device,
+            "bn_images": a.bn_images}
 
 
 def main(argv=None) -> None:

@@ -26,14 +26,17 @@ def test_core_on_digits(bench, tmp_path):
     assert r["criterion"] == "l1" and r["level"] == 0.5
     assert 0.4 < r["flops_reduction"] < 0.6  # the FLOPs target is met, measured on the pruned model
     assert 0.0 < r["params_reduction"] < 1.0
-    for key in ("top1_baseline", "top1_pruned", "top1_finetuned"):
+    for key in ("top1_baseline", "top1_pruned", "top1_recalibrated", "top1_finetuned"):
         assert 0.0 <= r[key] <= 1.0
+    assert result["n_test"] == 32
     assert json.loads(out.read_text())["runs"][0]["criterion"] == "l1"
     assert list((tmp_path / "cache").glob("baseline_digits_s0_*.pt"))  # the baseline is cached
 
     bench.write_outputs(result, tmp_path, "smoke")
     md = (tmp_path / "criteria.md").read_text()
-    assert "| l1 | 50% |" in md and "Verdict" in md
+    assert "| l1 | 50% |" in md and "Verdict" in md and "top-1 BN re-measured" in md
+    assert "a 32-image test set" in md  # the test set's own size, not Fashion-MNIST's
+    assert "With one seed the seed-to-seed spread is not measured, so no lead is called real" in md
     assert (tmp_path / "criteria.png").stat().st_size > 1000
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp files
 
@@ -68,3 +71,4 @@ def test_a_level_cut_short_is_named_and_kept_out_of_the_ranking(bench, tmp_path)
     assert "Cut short" in md and "l1 at 72% seed 0: fine-tuned 99.00%" in md
     assert "short of convergence" not in md  # a 94.4% baseline is converged
     assert "trained on GPU X, pruned on the CPU" in md
+    assert "BN re-measured" not in md  # runs from before that column: the table has none
