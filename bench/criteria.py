@@ -157,7 +157,7 @@ def _torch_bytes(obj) -> bytes:
 
 
 def prune_and_finetune(base, criterion: str, level: float, seed: int, cfg: dict, train, test, calib,
-                       base_counts, train_plain=None) -> dict:
+                       base_counts, train_plain) -> dict:
     """Top-1 right after pruning, then with BatchNorm statistics re-measured on ``cfg["bn_images"]`` un-augmented
     training images (``fxprune.recalibrate_bn``; it does not change what fine-tuning reaches, since training
     normalizes with batch statistics), then after fine-tuning."""
@@ -170,7 +170,7 @@ def prune_and_finetune(base, criterion: str, level: float, seed: int, cfg: dict,
     macs, params = _counts(small, x)
     _, pruned = evaluate(small, test, device=cfg["device"])
     recalibrated = None
-    if cfg.get("bn_images") and train_plain is not None:
+    if cfg.get("bn_images"):
         fxprune.recalibrate_bn(small, train_plain, images=cfg["bn_images"], seed=seed)
         _, recalibrated = evaluate(small, test, device=cfg["device"])
     t1 = time.perf_counter()
@@ -328,9 +328,10 @@ def analysis_text(result: dict) -> list[str]:
                f"{_fmt(bp['top1_pruned'], bp['top1_pruned_std'])}%."
         if _recalibrated(rs):
             by = sorted(rs, key=lambda r: -r["top1_recalibrated"])
-            msg += (f" With BatchNorm statistics re-measured (no training): best {by[0]['criterion']} "
-                    f"{_fmt(by[0]['top1_recalibrated'], by[0]['top1_recalibrated_std'])}%, worst {by[-1]['criterion']} "
-                    f"{_fmt(by[-1]['top1_recalibrated'], by[-1]['top1_recalibrated_std'])}%.")
+            top, low = by[0], by[-1]
+            msg += (f" With BatchNorm statistics re-measured (no training): best {top['criterion']} "
+                    f"{_fmt(top['top1_recalibrated'], top['top1_recalibrated_std'])}%, worst {low['criterion']} "
+                    f"{_fmt(low['top1_recalibrated'], low['top1_recalibrated_std'])}%.")
         lines.append(msg)
     return lines
 
@@ -363,6 +364,7 @@ def _beats_random(result: dict, crits, levels, se: float, key: str = "top1_finet
 def verdict_text(result: dict) -> list[str]:
     """The short answer, derived from the numbers (no hand-written claims)."""
     cfg, rows = result["config"], result["summary"]["rows"]
+    one_seed = len(cfg["seeds"]) < 2  # the seed-to-seed spread is unmeasured: no lead is called real
     n_test = result.get("n_test") or cfg.get("test_subset") or 10000  # runs from before n_test: Fashion-MNIST
     base = _ms([b["top1"] for b in result["baselines"].values()])[0]
     se = math.sqrt(max(base * (1 - base), 1e-6) / n_test)  # binomial s.e. of one top-1 measurement
@@ -386,7 +388,7 @@ def verdict_text(result: dict) -> list[str]:
     if clear:
         v += "A winner that leads the runner-up by more than twice the noise: " + ", ".join(
             f"{c} at {lv:.0%}" for lv, c in clear) + ". "
-    elif len(cfg["seeds"]) < 2:
+    elif one_seed:
         v += ("With one seed the seed-to-seed spread is not measured, so no lead is called real here. ")
     else:
         v += (f"At no level does the winner lead the runner-up by more than twice the noise (seed std, or the "
@@ -412,12 +414,12 @@ def verdict_text(result: dict) -> list[str]:
         if big:
             v += ("It exceeds twice its noise at " + ", ".join(f"{lv:.0%}" for lv in big) + ", so on this setup the "
                   "difference there is real, in the direction of its sign. ")
-        elif len(cfg["seeds"]) < 2:
+        elif one_seed:
             v += "With one seed these differences cannot be told from seed-to-seed noise. "
         else:
             v += ("None of these exceeds twice its noise, so this benchmark does **not** support seed 000's claim that "
                   "graph beats L1 at equal FLOPs (nor the opposite): the differences are within noise. ")
-    if "random" in crits and len(cfg["seeds"]) < 2:
+    if "random" in crits and one_seed:
         v += "The `random` control is not tested against with one seed. "
     elif "random" in crits:
         beat = _beats_random(result, crits, levels, se)
@@ -524,8 +526,8 @@ def write_markdown(result: dict, path: Path, command: str) -> None:
                 f"{_fmt(r['top1_baseline'], r['top1_baseline_std'])} | {_fmt(r['top1_pruned'], r['top1_pruned_std'])} | "
                 + (f"{_fmt(r['top1_recalibrated'], r['top1_recalibrated_std'])} | " if _recalibrated(rows) else "")
                 + f"**{_fmt(r['top1_finetuned'], r['top1_finetuned_std'])}** |")
-    cut = [lv for lv in cfg["levels"] if lv not in complete_levels(result)
-           and any(r["level"] == lv for r in result["runs"])]
+    complete = complete_levels(result)
+    cut = [lv for lv in cfg["levels"] if lv not in complete and any(r["level"] == lv for r in result["runs"])]
     if cut:
         done = [r for r in result["runs"] if r["level"] in cut]
         lines += ["", "Cut short (the run's time limit came first; not in the table or the verdict): "

@@ -66,7 +66,8 @@ def main(argv=None) -> dict:
     step("re-measuring the compact model's BatchNorm statistics on 512 training images (no weight changes)")
     fxprune.recalibrate_bn(small, train, images=512, seed=args.seed)  # after verify: the statistics now differ
     top1_recalibrated = evaluate(small, test)[1]
-    print(f"top-1 {100 * top1_pruned:.2f}% right after pruning, {100 * top1_recalibrated:.2f}% with its own statistics")
+    print(f"top-1 {100 * top1_pruned:.2f}% right after pruning, "
+          f"{100 * top1_recalibrated:.2f}% with its own statistics")
 
     step(f"fine-tuning the compact model for {args.finetune_epochs} epochs")
     finetune(small, train, test, epochs=args.finetune_epochs, lr=0.01, schedule="cosine", weight_decay=5e-4,

@@ -30,8 +30,9 @@ def recalibrate_bn(model: nn.Module, data: Dataset | DataLoader | Iterable, *, i
 
     ``data``: a Dataset (``images`` of it are drawn at random, seeded), a DataLoader, or any iterable of
     batches (input tensors, or tuples whose first entry is the input). Batches run on the device of
-    the model's parameters (in their float dtype), in eval mode apart from the BatchNorm layers (dropout stays off), without
-    gradients; every module's training flag and every BatchNorm's momentum are restored afterwards.
+    the model's parameters, in their float dtype, in eval mode apart from the BatchNorm layers (dropout
+    stays off), without gradients; every module's training flag and every BatchNorm's momentum are
+    restored afterwards.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
@@ -66,7 +67,7 @@ def recalibrate_bn(model: nn.Module, data: Dataset | DataLoader | Iterable, *, i
 
 def _batches(data, images: int, batch_size: int, seed: int) -> Iterable:
     """A Dataset is drawn from at random (a sorted dataset's first images would be one class)."""
-    if isinstance(data, Dataset) and not isinstance(data, DataLoader) and hasattr(data, "__len__"):
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):  # an IterableDataset is read as it comes
         gen = torch.Generator().manual_seed(seed)
         sampler = RandomSampler(data, num_samples=min(images, len(data)), generator=gen)
         return DataLoader(data, batch_size=batch_size, sampler=sampler)
