@@ -12,10 +12,11 @@ back to fake tensors, then to a real eval-mode run. The model's parameters are n
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import operator
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx
@@ -311,8 +312,22 @@ def _run_on_fake(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> No
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-    with eval_mode(gm), mode, torch.no_grad():
+    with eval_mode(gm), mode, torch.no_grad(), _torch_log_silenced("torch._subclasses.fake_tensor"):
         ShapeRunner(gm, on_meta=False).run(*fake_inputs)
+
+
+@contextlib.contextmanager
+def _torch_log_silenced(name: str) -> Iterator[None]:
+    """Fake tensors log every failing meta kernel with a full traceback (an input too small for a pooling
+    window, say). The failure is raised here anyway, and the user sees it once, as an error that names
+    the module and the input shape: the log would print torch's internals before it."""
+    logger = logging.getLogger(name)
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
 
 
 def _run_for_real(gm: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> None:

@@ -305,8 +305,8 @@ def _stand_in(model: nn.Module) -> nn.Module:
 
 def _refuse_uninitialized(model: nn.Module) -> None:
     """Lazy layers (``nn.LazyConv2d``) learn their sizes on the first call; before it there is nothing to prune."""
-    lazy = [name for name, m in model.named_modules()
-            if any(isinstance(p, nn.parameter.UninitializedTensorMixin) for p in m.parameters(recurse=False))]
+    lazy = [name for name, m in model.named_modules()  # the modules' own dicts: a generator per module costs more
+            if any(isinstance(p, nn.parameter.UninitializedTensorMixin) for p in m._parameters.values())]
     if lazy:
         where = ", ".join(f"'{n}' ({type(model.get_submodule(n)).__name__})" for n in lazy[:3])
         raise UntraceableModelError(

@@ -93,6 +93,15 @@ def test_an_example_input_that_does_not_fit_names_the_layer_and_its_shape(model)
         fxprune.prune(model, torch.randn(1, 4, 32, 32), criterion="l1", ratio=0.3)
 
 
+def test_an_input_too_small_for_a_pooling_window_is_one_clear_error_without_torch_logs(capfd):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(7), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(fxprune.UntraceableModelError,
+                       match=r"fails on the example inputs \(\(1, 3, 4, 4\)\) at module '2' \(AvgPool2d\)"):
+        fxprune.prune(net, torch.randn(1, 3, 4, 4), criterion="l1", ratio=0.3)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "failed while attempting to run meta" not in err, err
+
+
 def test_a_numpy_example_input_says_to_convert_it(model):
     with pytest.raises(fxprune.UntraceableModelError, match=r"numpy ndarray, not a tensor: pass torch.from_numpy"):
         fxprune.prune(model, X.numpy(), criterion="l1", ratio=0.3)
