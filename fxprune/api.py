@@ -8,6 +8,7 @@ rewrite works on a deep copy.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -59,6 +60,8 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
     ``data``: calibration batches (inputs or (inputs, targets)) for data-driven criteria.
     """
     crit = _criteria.get(criterion)
+    _criteria.check_options(crit, [*criterion_options, *(["threshold"] if threshold is not None else [])],
+                            _PLAN_KEYWORDS)
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise PlanError(f"round_to must be a positive int, got {round_to!r}")
     if threshold is not None:
@@ -82,7 +85,7 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
         "ratio": ratio,
         "global_ratio": global_ratio,
         "flops_reduction": flops_reduction,
-        "threshold": threshold if ratio is None else None,
+        "threshold": threshold,  # graph's alone; under a ratio or FLOPs budget it shapes the ranking
         "round_to": round_to,
         "strict": strict,
         "ignore": list(ignore),
@@ -92,6 +95,11 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
     if not result.groups and not _zero_budget(ratio):
         _warn_nothing_pruned(analysis)
     return result
+
+
+#: plan()'s own keywords: what a misspelt criterion option most likely meant (see criteria.check_options).
+_PLAN_KEYWORDS = tuple(name for name, p in inspect.signature(plan).parameters.items()
+                       if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _zero_budget(ratio) -> bool:
@@ -139,7 +147,13 @@ def _json_safe(d: dict) -> dict:
 
 @gc_paused()
 def apply(model: nn.Module, plan: Plan, example_inputs=None, *, leaf_modules: Iterable = ()) -> torch.fx.GraphModule:
-    """Rewrite ``model`` by ``plan`` into a new, smaller GraphModule (``model`` is not modified)."""
+    """Rewrite ``model`` by ``plan`` into a new, smaller GraphModule (``model`` is not modified).
+
+    ``plan``: a Plan, or its ``to_dict()`` (e.g. read back from JSON)."""
+    if isinstance(plan, dict):
+        plan = Plan.from_dict(plan)
+    elif not isinstance(plan, Plan):
+        raise PlanError(f"apply needs a Plan (or Plan.to_dict()), got {type(plan).__name__}")
     analysis = plan.analysis if plan.analysis is not None and _same_model(plan.analysis, model) else None
     if analysis is not None and plan.kept is not None:
         return _rewrite(analysis, plan.kept, plan)  # the plan was made from this very trace

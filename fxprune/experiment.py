@@ -366,25 +366,9 @@ class Budget:
 
 def prune_model(model: nn.Module, x: torch.Tensor, criterion: str, budget: Budget, data=None,
                 round_to: int | None = None, ignore=()) -> torch.fx.GraphModule:
-    """fxprune.prune with the budget's keywords; a missing flops_reduction= surfaces as such."""
-    kw = budget.kwargs()
-    if "flops_reduction" in kw and not _accepts_flops_reduction():
-        # plan() would take it as a criterion option and silently ignore it
-        raise InputError("this fxprune does not support a FLOPs budget yet: fxprune.prune/plan have no "
-                         "flops_reduction= parameter; use a ratio or a threshold")
-    try:
-        return fxprune.prune(model, x, criterion=criterion, data=data, round_to=round_to,
-                             ignore=tuple(ignore), **kw)
-    except TypeError as e:
-        if "flops_reduction" in kw and "flops_reduction" in str(e):
-            raise InputError(f"this fxprune.prune does not accept flops_reduction= ({e})") from e
-        raise
-
-
-def _accepts_flops_reduction() -> bool:
-    import inspect
-
-    return any("flops_reduction" in inspect.signature(f).parameters for f in (fxprune.prune, fxprune.plan))
+    """fxprune.prune with the budget's keywords."""
+    return fxprune.prune(model, x, criterion=criterion, data=data, round_to=round_to, ignore=tuple(ignore),
+                         **budget.kwargs())
 
 
 def _prune_and_measure(source: ModelSource, criterion: str, budget: Budget, data, round_to, ignore):

@@ -29,6 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .errors import PlanError
 from .graph_module import modules_of
 from .hooks import derived_from, masked_names, opaque_hook
 from .layout import Layout, UnionFind, concat_segments, uniform_segments, unique_ints
@@ -371,6 +372,7 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
 
     an = Analyzer(gm, op_rules.REGISTRY, strict=strict)
     an.run()
+    _check_ignore(an, ignore)
     shared = shared_tensors(an.modules)
     for owners in shared:
         _bind_shared(an, owners)
@@ -522,6 +524,16 @@ def _reasons_by_group(records: list[tuple[np.ndarray, FrozenReason]], group_of: 
 
 
 def _matches(name: str, pattern: str) -> bool:
+    """``pattern`` names the module, a container holding it (``layer4`` covers ``layer4.0.conv1``), or is a glob."""
     import fnmatch
 
-    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def _check_ignore(an: "Analyzer", ignore: tuple) -> None:
+    """A pattern that matches no module is a typo, and the layer it meant would be pruned: refuse it, as a
+    ratio key that matches nothing is refused."""
+    for pattern in ignore:
+        if not any(_matches(name, pattern) for name in an.modules if name):
+            raise PlanError(f"ignore pattern {pattern!r} matches no module; module names look like "
+                            f"{next(iter(an.roles), '?')!r} (a container such as 'layer4' covers the modules in it)")

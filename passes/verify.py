@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import VacuousVerificationWarning, VerificationError, warn_caller
+from .errors import UntraceableModelError, VacuousVerificationWarning, VerificationError, warn_caller
 from .hooks import copy_model
 from .modes import eval_mode
 
@@ -220,7 +220,7 @@ def _masked_error(original: nn.Module, small: nn.Module, modules: dict[str, dict
                   ) -> tuple[float, torch.Tensor]:
     """(relative error of ``small`` against the masked original, the masked original's main output)."""
     with masked_reference(original, modules, small) as ref, eval_mode(small), torch.no_grad():
-        a = main_output(ref(*inputs))
+        a = main_output(_run_original(ref, inputs))
         b = main_output(small(*inputs))
     if a.shape != b.shape:
         raise VerificationError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
@@ -228,6 +228,18 @@ def _masked_error(original: nn.Module, small: nn.Module, modules: dict[str, dict
         raise VerificationError("the masked original's output is not finite (NaN or inf) on these inputs, so there "
                                 "is nothing to compare: check the model's weights and the example inputs")
     return relative_error(a, b), a
+
+
+def _run_original(ref: nn.Module, inputs: tuple) -> Any:
+    """The original on the inputs; inputs it cannot take are the caller's to fix, and said so before any
+    comparison (the compact model would fail on them alike)."""
+    try:
+        return ref(*inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+        raise UntraceableModelError(f"the original model fails on the inputs given to verify ({shapes}): "
+                                    f"{type(e).__name__}: {e}. Pass example_inputs the model accepts (or none: "
+                                    "random inputs of the plan's input shape)") from e
 
 
 def _diagnose(original: nn.Module, small: nn.Module, modules: dict[str, dict], inputs: tuple, rtol: float,

@@ -48,6 +48,45 @@ def test_unknown_ratio_key(model):
         fxprune.prune(model, X, criterion="l1", ratio={"no.such.layer": 0.3})
 
 
+@pytest.mark.parametrize("criterion, options, message", [
+    ("l1", {"ratoi": 0.2}, r"criterion 'l1' has no option 'ratoi'; did you mean 'ratio'\? It takes no options"),
+    ("l1", {"threshold": 0.5}, r"criterion 'l1' does not use threshold="),
+    ("coring", {"distnace": "E"}, r"no option 'distnace'; did you mean 'distance'\? It reads distance, rank, strategy"),
+    ("fmc", {"K": 4}, r"no option 'K'; did you mean 'k'\?"),
+])
+def test_an_option_the_criterion_does_not_read_is_refused_with_the_likely_one(model, criterion, options, message):
+    before = state_copy(model)
+    with pytest.raises(fxprune.PlanError, match=message):
+        fxprune.prune(model, X, criterion=criterion, ratio=0.3, **options)
+    assert_state_unchanged(model, before)
+
+
+def test_graph_records_the_threshold_that_ranked_a_ratio_budget(model):
+    p = fxprune.plan(model, X, criterion="graph", ratio=0.3, threshold=0.5)
+    assert p.options["threshold"] == 0.5 and p.options["ratio"] == 0.3
+
+
+def test_an_ignore_pattern_that_matches_no_module_is_refused(model):
+    with pytest.raises(fxprune.PlanError, match=r"ignore pattern 'layer9' matches no module"):
+        fxprune.prune(model, X, criterion="l1", ratio=0.3, ignore=["layer9"])
+
+
+def test_ignoring_a_container_leaves_every_layer_in_it_unpruned(model):
+    by_name = fxprune.plan(model, X, criterion="l1", ratio=0.5, ignore=["layer3"])
+    by_glob = fxprune.plan(model, X, criterion="l1", ratio=0.5, ignore=["layer3.*"])
+    assert by_name.modules == by_glob.modules
+    assert not any(name.startswith("layer3.") and io["out"] is not None for name, io in by_name.modules.items())
+    assert any(io["out"] is not None for io in by_name.modules.values())
+
+
+@pytest.mark.parametrize("criterion", ["graph", "taylor"])
+def test_calibration_data_the_model_cannot_take_is_named_as_such(model, criterion):
+    data = [(torch.randn(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(fxprune.PlanError, match=r"calibration data \(data=\) does not fit the model: a batch of "
+                                               r"\(4, 1, 32, 32\) fails.*example input \(\(1, 3, 32, 32\)\)"):
+        fxprune.plan(model, X, criterion=criterion, ratio=0.3, data=data)
+
+
 class _DataDependent(nn.Module):
     def __init__(self):
         super().__init__()
@@ -163,6 +202,22 @@ def test_plan_round_trips_through_json(model):
         assert torch.equal(a, b), k
     assert d["modules"]["layer1.0.conv1"]["in"] is not None
     assert all(set(io) == {"in", "out"} for io in d["modules"].values())
+
+
+def test_apply_takes_the_plans_dict_as_read_from_json_and_refuses_anything_else(model):
+    plan = fxprune.plan(model, X, criterion="l1", ratio=0.4)
+    from_dict = fxprune.apply(model, json.loads(json.dumps(plan.to_dict())))
+    for (k, a), (_, b) in zip(fxprune.apply(model, plan).state_dict().items(), from_dict.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(fxprune.PlanError, match=r"apply needs a Plan \(or Plan.to_dict\(\)\), got str"):
+        fxprune.apply(model, "plan.json")
+
+
+def test_verify_on_inputs_the_model_cannot_take_says_so(model):
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.3)
+    with pytest.raises(fxprune.UntraceableModelError, match=r"original model fails on the inputs given to verify "
+                                                            r"\(\(1, 1, 32, 32\)\).*Pass example_inputs"):
+        fxprune.verify(model, small, torch.randn(1, 1, 32, 32))
 
 
 def test_plan_for_another_model_is_refused(model):

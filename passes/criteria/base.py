@@ -22,11 +22,16 @@ import torch
 from torch import nn
 
 from ..dependency import MAP_KINDS, PRODUCER_KINDS, Analysis, ChannelGroup, ModuleRole
+from ..errors import PlanError
 from ..graph_module import modules_of
 from ..layout import unique_ints
 from ..modes import eval_mode
 
-__all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion"]
+__all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion", "CALIBRATION_OPTIONS"]
+
+#: Options of every criterion that runs calibration data: how many images, and the seed and count of the
+#: random inputs that stand in when there is no data (see ScoringContext.batches).
+CALIBRATION_OPTIONS = frozenset({"calibration_samples", "seed", "synthetic_samples"})
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -140,6 +145,20 @@ class ScoringContext:
             if seen >= max_samples:
                 return
 
+    def run_batch(self, model: nn.Module, inputs: tuple) -> Any:
+        """``model(*inputs)``; a calibration batch the model cannot take is named as such, with its shape
+        and the example input's, instead of as an error deep inside some layer."""
+        try:
+            return model(*inputs)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            got = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+            want = ", ".join(str(tuple(x.shape)) for x in self.analysis.inputs)
+            source = ("the calibration data (data=)" if self.data is not None
+                      else "the random inputs that stand in for calibration data")
+            raise PlanError(f"{source} does not fit the model: a batch of {got} fails with {type(e).__name__}: "
+                            f"{e}. data= must yield inputs like the example input ({want}), or (inputs, targets) "
+                            "pairs") from e
+
     def observe(self, names: list[str], reducer: Callable[[torch.Tensor], Any], key: str,
                 max_samples: int) -> dict[str, Any]:
         """Run the calibration data once and reduce each named module's output per batch.
@@ -178,7 +197,7 @@ class ScoringContext:
         try:
             with eval_mode(gm), torch.no_grad():
                 for batch in self.batches(max_samples):
-                    gm(*batch)
+                    self.run_batch(gm, batch)
         finally:
             for h in handles:
                 h.remove()
@@ -199,9 +218,14 @@ def _reduce_into(store: list, reducer):
 
 
 class Criterion:
-    """Scores a group's classes (higher = keep). ``decide`` may instead choose the kept classes."""
+    """Scores a group's classes (higher = keep). ``decide`` may instead choose the kept classes.
+
+    ``options``: the keyword options it reads from ``ctx.options``; any other is refused before
+    scoring (a misspelt option would otherwise be ignored without a word). None: any option.
+    """
 
     name = "criterion"
+    options: frozenset[str] | None = frozenset()
 
     def score(self, ctx: ScoringContext, group: ChannelGroup) -> np.ndarray:
         raise TypeError(f"criterion {self.name!r} does not score groups")
@@ -212,6 +236,8 @@ class Criterion:
 
 class FunctionCriterion(Criterion):
     """Wraps a user function ``fn(ctx, group) -> scores`` registered with register_criterion."""
+
+    options = None  # a user's function may read any option
 
     def __init__(self, name: str, fn: Callable[[ScoringContext, ChannelGroup], np.ndarray]):
         self.name = name

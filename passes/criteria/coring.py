@@ -249,6 +249,7 @@ class Coring(Criterion):
     """
 
     name = "coring"
+    options = frozenset({"distance", "strategy", "rank"})
 
     def score(self, ctx, group):
         opts = ctx.options

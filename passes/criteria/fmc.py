@@ -239,7 +239,7 @@ def fmc_scores(feature_maps, seed: int = 0, k: int | None = None, max_k: int | N
 import torch  # noqa: E402
 
 from . import register  # noqa: E402
-from .base import Criterion  # noqa: E402
+from .base import CALIBRATION_OPTIONS, Criterion  # noqa: E402
 
 DEFAULT_SAMPLES = 32
 
@@ -269,6 +269,7 @@ class FMC(Criterion):
     """
 
     name = "fmc"
+    options = CALIBRATION_OPTIONS | {"k", "max_k", "jobs", "perplexity"}
 
     def score(self, ctx, group):
         if ctx.data is None:

@@ -30,7 +30,7 @@ import torch
 
 from . import register
 from ..dependency import MAP_KINDS
-from .base import Criterion, Producer, ScoringContext
+from .base import CALIBRATION_OPTIONS, Criterion, Producer, ScoringContext
 from .l1 import filter_l1
 
 __all__ = ["phash_bits", "similarity", "decompose", "Graph"]
@@ -118,6 +118,7 @@ def _components(adjacency: np.ndarray) -> int:
 
 class Graph(Criterion):
     name = "graph"
+    options = CALIBRATION_OPTIONS | {"threshold"}
 
     def decide(self, ctx: ScoringContext, group):
         kept, _ = self._run(ctx, group)

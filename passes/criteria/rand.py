@@ -15,6 +15,7 @@ __all__ = ["Random"]
 
 class Random(Criterion):
     name = "random"
+    options = frozenset({"seed"})
 
     def score(self, ctx, group):
         gid = ctx.analysis.groups.index(group)

@@ -69,7 +69,7 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
         for x, y in _labelled_batches(ctx.data, samples):
             x = ctx.on_model(x)
             y = y.to(x.device)
-            _batch_loss(loss_fn, main_output(gm(x)), y).backward()
+            _batch_loss(loss_fn, main_output(ctx.run_batch(gm, (x,))), y).backward()
             total += x.shape[0]
     if total == 0:
         raise PlanError("criterion 'taylor': data= holds no samples")
@@ -120,6 +120,7 @@ def _gradient_leaf(mod: nn.Module) -> torch.Tensor:
 
 class Taylor(Criterion):
     name = "taylor"
+    options = frozenset({"calibration_samples", "loss"})  # labelled data only: no random stand-in
 
     def score(self, ctx, group):
         scores = taylor_scores(ctx)
