@@ -13,11 +13,12 @@ from .api import analyze, apply, criteria, plan, prune, register_criterion, veri
 from .export import export, load, save
 from .recalibrate import recalibrate_bn
 from .report import report
+from .sensitivity import Sensitivity, sensitivity
 from .soft import SoftFilterPruning
 
 __all__ = [
     "prune", "plan", "apply", "analyze", "verify", "report", "export", "save", "load", "criteria",
-    "register_criterion", "recalibrate_bn", "SoftFilterPruning", "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError",
+    "register_criterion", "recalibrate_bn", "sensitivity", "Sensitivity", "SoftFilterPruning", "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError",
     "VerificationError", "VacuousVerificationWarning",
 ]
 __version__ = "0.1.0"

@@ -42,6 +42,16 @@ def _ratio(text: str):
     return value
 
 
+def _ratio_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.25,0.5,0.75, got {text!r}")
+    if not values or not all(0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"ratios must be numbers in [0, 1), got {text!r}")
+    return values
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -152,6 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the check, re-measure BatchNorm statistics on N training images of --dataset")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = add("sensitivity", _cmd_sensitivity, "prune each channel group alone at several ratios and measure top-1; "
+            "write the table and ratios.json, the --ratio that keeps every group within --max-drop")
+    _model_args(p)
+    _data_args(p, required=True)
+    p.add_argument("--criterion", default="l1", help="importance criterion (default l1)")
+    p.add_argument("--calib-samples", type=_positive, default=128,
+                   help="training images used as calibration data by data-driven criteria (default 128)")
+    p.add_argument("--ratios", type=_ratio_list, default=(0.25, 0.5, 0.75),
+                   help="comma-separated ratios to try per group (default 0.25,0.5,0.75)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="top-1 points a group may lose (default 1.0)")
+    p.add_argument("--eval-images", type=_positive, default=1000,
+                   help="test images per evaluation (default 1000; the scan evaluates once per group and ratio)")
+    p.add_argument("--recalibrate-bn", type=_positive, metavar="N",
+                   help="re-measure each pruned model's BatchNorm statistics on N training images before evaluating")
+    p.add_argument("--out", required=True, help="output folder")
+
     p = add("info", _cmd_info, "list a model's channel groups and why frozen ones cannot be pruned")
     _model_args(p)
 
@@ -250,6 +276,23 @@ def _cmd_prune(args) -> tuple[dict, str]:
            "(after the check)"] if r["bn_recalibrated_images"] else []),
         "wrote: " + ", ".join(r["outputs"].values()),
     ])
+    return r, text
+
+
+def _cmd_sensitivity(args) -> tuple[dict, str]:
+    from fxprune import experiment as ex
+    from fxprune.data import load_dataset
+
+    calib = ex.calibration_batches(args.dataset, args.data_root, args.calib_samples, seed=args.seed)
+    bn_data = load_dataset(args.dataset, args.data_root, "train", augment=False) if args.recalibrate_bn else None
+    source = _source(args)
+    r = ex.sensitivity_to_dir(source, args.dataset, args.criterion, args.ratios, args.max_drop, args.out,
+                              root=args.data_root, eval_images=args.eval_images, data=calib, bn_data=bn_data,
+                              bn_images=args.recalibrate_bn or 0)
+    chosen = json.dumps(r["ratios"]) if r["ratios"] else "{} (no group stays within the drop)"
+    text = "\n".join([f"model: {source.describe()}", r["table"],
+                      f"within {args.max_drop} top-1 points: --ratio '{chosen}'",
+                      "wrote: " + ", ".join(r["outputs"].values())])
     return r, text
 
 

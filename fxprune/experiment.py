@@ -415,6 +415,36 @@ def _outputs(out, *names) -> dict:
     return {n: str(Path(out) / n) for n in names}
 
 
+def sensitivity_to_dir(source: ModelSource, dataset: str, criterion: str, ratios, max_drop: float, out, *,
+                       root=None, eval_images: int = 1000, data=None, bn_data=None, bn_images: int = 0) -> dict:
+    """:func:`fxprune.sensitivity` with top-1 (percent) on ``eval_images`` test images (a seeded sample: the
+    scan evaluates once per group and ratio); writes sensitivity.json and ratios.json (the ``--ratio`` of
+    ``fxprune prune`` that keeps each group within ``max_drop`` points) to ``out``. ``bn_images > 0``:
+    each pruned model's BatchNorm statistics are measured anew on ``bn_data`` before it is evaluated."""
+    _require_fx(source, "scan")
+    test = fxdata.load_dataset(dataset, root, "test")
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:eval_images].tolist()
+    test = torch.utils.data.Subset(test, pick)
+    model = source.model.eval()
+
+    def top1(net: nn.Module) -> float:
+        if bn_images and net is not model:
+            fxprune.recalibrate_bn(net, bn_data, images=bn_images)
+        return 100.0 * runner.evaluate(net, test, device="cuda" if torch.cuda.is_available() else "cpu")[1]
+
+    scan = fxprune.sensitivity(model, top1, example_input(source.input_size), criterion=criterion, ratios=ratios,
+                               data=data)
+    chosen = scan.ratios(max_drop)
+    with staged(out) as stage:
+        write_json(stage / "sensitivity.json", {**scan.to_dict(), "metric": "top-1 %", "dataset": dataset,
+                                                "eval_images": len(test), "bn_recalibrated_images": bn_images,
+                                                "max_drop": max_drop, "ratios": chosen})
+        write_json(stage / "ratios.json", chosen)
+    return {"model": source.to_dict(), "criterion": criterion, "baseline_top1": scan.baseline,
+            "groups": len(scan.groups), "ratios": chosen, "table": str(scan),
+            "outputs": _outputs(out, "sensitivity.json", "ratios.json")}
+
+
 # --------------------------------------------------------------------------- info / report / export / eval
 
 def info(source: ModelSource) -> tuple[dict, str]:

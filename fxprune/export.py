@@ -625,6 +625,7 @@ def _bind_code(gm: torch.fx.GraphModule, code: str, spec: dict[str, Any], filena
     gm.graph = _ReplayTracer(autowrap_functions=wrapped).trace(gm)
 
 
+@torch.inference_mode(False)  # trainable weights even when loaded under inference mode (see passes.rewrite)
 def load(directory: str | os.PathLike, map_location: Any = "cpu") -> torch.fx.GraphModule:
     """Load a directory written by ``save`` and return a ``torch.fx.GraphModule``.
 

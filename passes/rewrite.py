@@ -37,12 +37,17 @@ __all__ = ["rewrite"]
 EDITED_KINDS = ("attention",)
 
 
+@torch.inference_mode(False)  # pruned inside inference mode, the compact model must still train (see docstring)
 def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
             consume: bool = False) -> torch.fx.GraphModule:
     """Return the compact GraphModule; ``small.meta["fxprune.plan"]`` holds ``plan`` (detached from the trace).
 
     ``consume=True`` edits the analysis' own graph instead of a copy (the analysis is unusable after):
-    for a caller that made the trace itself and discards it, like :func:`fxprune.prune`."""
+    for a caller that made the trace itself and discards it, like :func:`fxprune.prune`.
+
+    The new tensors are made outside inference mode: made inside it (a caller under
+    ``torch.inference_mode()``), they would be inference tensors, which autograd refuses, and the compact
+    model could not be fine-tuned."""
     keep = kept_mask(analysis, kept)
     made_here = plan.analysis is analysis and plan.kept is kept and plan.positions is not None
     positions = plan.positions if made_here else module_positions(analysis, keep)

@@ -220,6 +220,23 @@ def test_verify_on_inputs_the_model_cannot_take_says_so(model):
         fxprune.verify(model, small, torch.randn(1, 1, 32, 32))
 
 
+@pytest.mark.parametrize("criterion", ["l1", "taylor"])
+def test_a_model_pruned_under_inference_mode_still_trains(model, criterion, tmp_path):
+    """Evaluation code often runs under torch.inference_mode(); tensors made there are refused by autograd."""
+    with torch.inference_mode():
+        x, y = torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+        small = fxprune.prune(model, x, criterion=criterion, ratio=0.3, data=[(x, y)])
+        fxprune.save(small, tmp_path / "saved")
+        loaded = fxprune.load(tmp_path / "saved")
+    reference = fxprune.prune(model, x.clone(), criterion=criterion, ratio=0.3, data=[(x.clone(), y.clone())])
+    assert small.meta["fxprune.plan"].modules == reference.meta["fxprune.plan"].modules
+    for net in (small, loaded):
+        assert not any(p.is_inference() for p in net.parameters())
+        net.train()
+        net(x.clone()).sum().backward()
+        assert all(p.grad is not None for p in net.parameters())
+
+
 def test_plan_for_another_model_is_refused(model):
     plan = fxprune.plan(model, X, criterion="l1", ratio=0.4)
     with pytest.raises(fxprune.PlanError, match="does not exist in this model"):

@@ -27,7 +27,8 @@ from ..graph_module import modules_of
 from ..layout import unique_ints
 from ..modes import eval_mode
 
-__all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion", "CALIBRATION_OPTIONS"]
+__all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion", "CALIBRATION_OPTIONS",
+           "outside_inference_mode"]
 
 #: Options of every criterion that runs calibration data: how many images, and the seed and count of the
 #: random inputs that stand in when there is no data (see ScoringContext.batches).
@@ -115,6 +116,7 @@ class ScoringContext:
     def on_model(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the device of the model's weights, a float input in their dtype (a loader yields float32
         CPU tensors; the model may be on a GPU or in half precision)."""
+        x = outside_inference_mode(x)
         first = next((p for p in self.analysis.gm.parameters() if p.is_floating_point()), None)
         if first is None:
             return x
@@ -208,6 +210,15 @@ class ScoringContext:
             self._observed[(key, n)] = (
                 np.concatenate(vals) if isinstance(vals[0], np.ndarray) else torch.cat(vals)
             )
+
+
+def outside_inference_mode(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied if it was made under ``torch.inference_mode()``: autograd refuses to save such a tensor
+    for backward, and a data-driven criterion (taylor) may need to."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
 
 
 def _reduce_into(store: list, reducer):

@@ -26,7 +26,7 @@ from ..filters import filters
 from ..hooks import copy_model, value_holders
 from . import register
 from ..verify import main_output
-from .base import Criterion, ScoringContext
+from .base import Criterion, ScoringContext, outside_inference_mode
 
 __all__ = ["taylor_scores", "Taylor"]
 
@@ -56,6 +56,7 @@ def taylor_scores(ctx: ScoringContext) -> dict[str, np.ndarray]:
     return ctx._observed[(_KEY, "")]
 
 
+@torch.inference_mode(False)  # gradients are needed even when the caller prunes under inference mode
 def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
     """Accumulate the summed cross-entropy gradient on a copy, then reduce w·g per filter."""
     gm = copy_model(ctx.analysis.gm).eval()
@@ -68,7 +69,7 @@ def _compute(ctx: ScoringContext) -> dict[str, np.ndarray]:
     with torch.enable_grad():
         for x, y in _labelled_batches(ctx.data, samples):
             x = ctx.on_model(x)
-            y = y.to(x.device)
+            y = outside_inference_mode(y).to(x.device)
             _batch_loss(loss_fn, main_output(ctx.run_batch(gm, (x,))), y).backward()
             total += x.shape[0]
     if total == 0:
