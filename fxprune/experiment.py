@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import copy
 import math
 import os
 import secrets
@@ -419,8 +420,9 @@ def sensitivity_to_dir(source: ModelSource, dataset: str, criterion: str, ratios
                        root=None, eval_images: int = 1000, data=None, bn_data=None, bn_images: int = 0) -> dict:
     """:func:`fxprune.sensitivity` with top-1 (percent) on ``eval_images`` test images (a seeded sample: the
     scan evaluates once per group and ratio); writes sensitivity.json and ratios.json (the ``--ratio`` of
-    ``fxprune prune`` that keeps each group within ``max_drop`` points) to ``out``. ``bn_images > 0``:
-    each pruned model's BatchNorm statistics are measured anew on ``bn_data`` before it is evaluated."""
+    ``fxprune prune`` that keeps each group within ``max_drop`` points) to ``out``. ``bn_images > 0``: every
+    model's BatchNorm statistics, the baseline's too (on a copy), are measured anew on ``bn_data`` before it is
+    evaluated, so that a drop compares like with like."""
     _require_fx(source, "scan")
     test = fxdata.load_dataset(dataset, root, "test")
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:eval_images].tolist()
@@ -428,7 +430,8 @@ def sensitivity_to_dir(source: ModelSource, dataset: str, criterion: str, ratios
     model = source.model.eval()
 
     def top1(net: nn.Module) -> float:
-        if bn_images and net is not model:
+        if bn_images:
+            net = copy.deepcopy(net) if net is model else net  # the compact models are the scan's own
             fxprune.recalibrate_bn(net, bn_data, images=bn_images)
         return 100.0 * runner.evaluate(net, test, device="cuda" if torch.cuda.is_available() else "cpu")[1]
 

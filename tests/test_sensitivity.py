@@ -107,13 +107,13 @@ def test_bad_input_is_named(model, fidelity, kwargs, message):
 def test_cli_writes_the_table_and_a_ratio_that_prune_takes(tmp_path, capsys):
     out = tmp_path / "scan"
     rc = main(["sensitivity", "--model", "resnet20", "--dataset", "digits", "--ratios", "0.5", "--eval-images", "64",
-               "--max-drop", "100", "--json", "--out", str(out)])
+               "--recalibrate-bn", "64", "--max-drop", "100", "--json", "--out", str(out)])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     chosen = json.loads((out / "ratios.json").read_text())
     scan = json.loads((out / "sensitivity.json").read_text())
     assert chosen == result["ratios"] and chosen  # a drop of 100 points allows every group
-    assert scan["eval_images"] == 64 and math.isfinite(scan["baseline"])
+    assert scan["eval_images"] == 64 and scan["bn_recalibrated_images"] == 64 and math.isfinite(scan["baseline"])
     assert set(chosen) == {g["key"] for g in scan["groups"]}
     rc = main(["prune", "--model", "resnet20", "--criterion", "l1", "--ratio", json.dumps(chosen),
                "--out", str(tmp_path / "pruned"), "--json"])
