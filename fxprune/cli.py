@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _budget_args(p)
     _data_args(p, required=False)
-    p.add_argument("--ignore", action="append", default=[], help="module glob to leave unpruned (repeatable)")
+    p.add_argument("--ignore", action="append", default=[],
+                   help="module name, container (layer4) or glob to leave unpruned (repeatable)")
     p.add_argument("--recalibrate-bn", type=_positive, metavar="N",
                    help="after the check, re-measure BatchNorm statistics on N training images of --dataset")
     p.add_argument("--out", required=True, help="output folder")
