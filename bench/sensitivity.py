@@ -64,8 +64,8 @@ def run_seed(seed: int, args, train, bn_train, test) -> dict:
     row = {"seed": seed, "baseline": scan.baseline, "groups": len(ratios), "macs": {}, "pruned": {}, "tuned": {}}
     for name, net in small.items():
         row["macs"][name] = 100.0 * (1.0 - count(net, X).macs_conv_linear / base_macs)
-        row["pruned"][name] = score(net)
         fxprune.recalibrate_bn(net, bn_train, images=args.bn_images)
+        row["pruned"][name] = 100.0 * evaluate(net, test, device="cpu")[1]
         finetune(net, train, test, epochs=args.finetune_epochs, lr=0.01, schedule="cosine", batch_size=64,
                  seed=seed, progress=False, device="cpu")
         row["tuned"][name] = 100.0 * evaluate(net, test, device="cpu")[1]
@@ -98,7 +98,8 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
     ]
     lines += [f"| {n} | {cell('macs', n)}% | {cell('pruned', n)}% | {cell('tuned', n)}% |" for n in METHODS]
     lines += ["", "Mean ± standard deviation over seeds. Per seed:", "",
-              "| seed | " + " | ".join(f"{n} pruned / tuned" for n in METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+              "| seed | " + " | ".join(f"{n} pruned / tuned" for n in METHODS) + " |",
+              "|---" * (len(METHODS) + 1) + "|"]
     lines += [f"| {r['seed']} | " + " | ".join(f"{r['pruned'][n]:.2f} / {r['tuned'][n]:.2f}" for n in METHODS) + " |"
               for r in rows]
     return "\n".join(lines)

@@ -121,6 +121,10 @@ def _budget_args(p) -> None:
     b.add_argument("--threshold", type=float, help="similarity threshold of the graph criterion (default 0.7)")
     b.add_argument("--flops-reduction", type=float, help="target FLOPs reduction (fxprune.prune flops_reduction=)")
     p.add_argument("--round-to", type=_positive, help="keep channel counts multiples of this")
+    _calib_arg(p)
+
+
+def _calib_arg(p) -> None:
     p.add_argument("--calib-samples", type=_positive, default=128,
                    help="training images used as calibration data by data-driven criteria (default 128)")
 
@@ -168,8 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _data_args(p, required=True)
     p.add_argument("--criterion", default="l1", help="importance criterion (default l1)")
-    p.add_argument("--calib-samples", type=_positive, default=128,
-                   help="training images used as calibration data by data-driven criteria (default 128)")
+    _calib_arg(p)
     p.add_argument("--ratios", type=_ratio_list, default=(0.25, 0.5, 0.75),
                    help="comma-separated ratios to try per group (default 0.25,0.5,0.75)")
     p.add_argument("--max-drop", type=float, default=1.0, help="top-1 points a group may lose (default 1.0)")
@@ -252,18 +255,23 @@ def _train_options(args):
                         scale_schedule=args.scale_schedule)
 
 
+def _bn_data(args):
+    """The un-augmented training images ``--recalibrate-bn`` measures BatchNorm statistics on (None without it)."""
+    from fxprune.data import load_dataset
+
+    return load_dataset(args.dataset, args.data_root, "train", augment=False) if args.recalibrate_bn else None
+
+
 def _cmd_prune(args) -> tuple[dict, str]:
     from fxprune import experiment as ex
-    from fxprune.data import load_dataset
 
     if args.recalibrate_bn and not args.dataset:
         raise ex.InputError("--recalibrate-bn needs --dataset: the training images the statistics are measured on")
     calib = (ex.calibration_batches(args.dataset, args.data_root, args.calib_samples, seed=args.seed)
              if args.dataset else None)
-    bn_data = load_dataset(args.dataset, args.data_root, "train", augment=False) if args.recalibrate_bn else None
     source = _source(args)
     r = ex.prune_to_dir(source, args.criterion, _budget(args), args.out, data=calib,
-                        round_to=args.round_to, ignore=args.ignore, bn_data=bn_data,
+                        round_to=args.round_to, ignore=args.ignore, bn_data=_bn_data(args),
                         bn_images=args.recalibrate_bn or 0)
     budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items()) or "default budget"
     data = f"calibration: {args.calib_samples} {args.dataset} training images" if calib else \
@@ -282,13 +290,11 @@ def _cmd_prune(args) -> tuple[dict, str]:
 
 def _cmd_sensitivity(args) -> tuple[dict, str]:
     from fxprune import experiment as ex
-    from fxprune.data import load_dataset
 
     calib = ex.calibration_batches(args.dataset, args.data_root, args.calib_samples, seed=args.seed)
-    bn_data = load_dataset(args.dataset, args.data_root, "train", augment=False) if args.recalibrate_bn else None
     source = _source(args)
     r = ex.sensitivity_to_dir(source, args.dataset, args.criterion, args.ratios, args.max_drop, args.out,
-                              root=args.data_root, eval_images=args.eval_images, data=calib, bn_data=bn_data,
+                              root=args.data_root, eval_images=args.eval_images, data=calib, bn_data=_bn_data(args),
                               bn_images=args.recalibrate_bn or 0)
     chosen = json.dumps(r["ratios"]) if r["ratios"] else "{} (no group stays within the drop)"
     text = "\n".join([f"model: {source.describe()}", r["table"],

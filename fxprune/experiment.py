@@ -18,11 +18,11 @@ test split, as the seeds keep their best-test-accuracy checkpoint.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import json
 import logging
-import copy
 import math
 import os
 import secrets

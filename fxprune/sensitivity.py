@@ -10,9 +10,9 @@ channel group (a residual stream is one group, pruned as one), and the result fe
 
 Each entry is the metric of the model ``prune(model, x, criterion=..., ratio={key: r})`` returns (same
 scores, same rounding; one trace, and one pass over any calibration data, serve the whole scan).
-``evaluate(compact) -> float`` is the caller's, higher = better (a validation accuracy). A pruned BatchNorm network scores low on the
-original's running statistics, whatever the criterion: an ``evaluate`` that first calls
-``fxprune.recalibrate_bn(compact, train_set)`` measures the channels lost rather than the statistics.
+``evaluate(compact) -> float`` is the caller's, higher = better (a validation accuracy). A pruned BatchNorm
+network scores low on the original's running statistics, whatever the criterion: an ``evaluate`` that first
+calls ``fxprune.recalibrate_bn(compact, train_set)`` measures the channels lost rather than the statistics.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from passes.errors import PlanError
 from passes.modes import eval_mode
 from passes.plan import make_plan
 from passes.rewrite import rewrite
-from passes.select import check_ratio, class_step, kept_count, resolve_ratios, select
+from passes.select import check_ratio, resolve_ratios, select
 
 __all__ = ["sensitivity", "Sensitivity", "GroupSensitivity"]
 
@@ -112,10 +112,10 @@ def sensitivity(model: nn.Module, evaluate: Callable[[nn.Module], float], exampl
         group = analysis.groups[gi]
         row = GroupSensitivity(key, int(group.n_classes))
         for r in ratios:
-            if kept_count(group.n_classes, r, class_step(analysis, gi, round_to)) >= group.n_classes:
+            kept = select(analysis, crit, ctx, {gi: r}, round_to)
+            if gi not in kept:
                 row.metric[r] = baseline  # nothing of this group is removed at this ratio
                 continue
-            kept = select(analysis, crit, ctx, {gi: r}, round_to)
             compact = rewrite(analysis, kept, make_plan(analysis, kept, {"criterion": criterion, "ratio": {key: r}}))
             row.metric[r] = _measure(evaluate, compact)
         log.info("sensitivity %s (%d channels): %s", key, group.n_classes,

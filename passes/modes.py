@@ -1,4 +1,5 @@
-"""The modes the passes run in: eval mode for a while, and the cycle collector paused for a while.
+"""The modes the passes run in: eval mode for a while, the cycle collector paused for a while, and
+tensors kept out of inference mode (a caller's ``torch.inference_mode()`` would make them untrainable).
 
 ``model.train(was_training)`` would set all submodules to the root's flag, losing mixed modes a user
 chose (a frozen backbone in eval under a training head): passes that run data through the user's
@@ -16,9 +17,10 @@ import contextlib
 import gc
 from typing import Iterator
 
+import torch
 from torch import nn
 
-__all__ = ["eval_mode", "gc_paused"]
+__all__ = ["eval_mode", "gc_paused", "outside_inference_mode"]
 
 
 @contextlib.contextmanager
@@ -43,3 +45,12 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def outside_inference_mode(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied if it was made under ``torch.inference_mode()``: autograd refuses to save such a tensor
+    for backward, and a data-driven criterion (taylor) may need to."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()

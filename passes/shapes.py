@@ -28,7 +28,7 @@ from .errors import UntraceableModelError
 from .graph_module import modules_of
 from .modes import eval_mode
 
-__all__ = ["propagate_shapes", "ShapeRunner", "SHAPE", "VALUE"]
+__all__ = ["propagate_shapes", "ShapeRunner", "SHAPE", "VALUE", "shapes_of"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ _SAME_SHAPE_TYPES = {
 }
 
 
-def _shapes_of(inputs: Sequence[Any]) -> str:
+def shapes_of(inputs: Sequence[Any]) -> str:
+    """``(1, 3, 32, 32), int``: what a call was given, for an error message."""
     return ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
 
 
@@ -179,7 +180,7 @@ class ShapeRunner:
                 raise
             except Exception as e:
                 raise UntraceableModelError(
-                    f"the model fails on the example inputs ({_shapes_of(inputs)}) at {self._where(node)}: "
+                    f"the model fails on the example inputs ({shapes_of(inputs)}) at {self._where(node)}: "
                     f"{type(e).__name__}: {e}. Pass example_inputs of the shape and dtype the model expects"
                 ) from e
             _record(node, value)

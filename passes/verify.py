@@ -39,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 from .errors import UntraceableModelError, VacuousVerificationWarning, VerificationError, warn_caller
 from .hooks import copy_model
 from .modes import eval_mode
+from .shapes import shapes_of
 
 __all__ = ["masked_reference", "verify_against", "main_output"]
 
@@ -236,8 +237,7 @@ def _run_original(ref: nn.Module, inputs: tuple) -> Any:
     try:
         return ref(*inputs)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
-        raise UntraceableModelError(f"the original model fails on the inputs given to verify ({shapes}): "
+        raise UntraceableModelError(f"the original model fails on the inputs given to verify ({shapes_of(inputs)}): "
                                     f"{type(e).__name__}: {e}. Pass example_inputs the model accepts (or none: "
                                     "random inputs of the plan's input shape)") from e
 

@@ -25,10 +25,10 @@ from ..dependency import MAP_KINDS, PRODUCER_KINDS, Analysis, ChannelGroup, Modu
 from ..errors import PlanError
 from ..graph_module import modules_of
 from ..layout import unique_ints
-from ..modes import eval_mode
+from ..modes import eval_mode, outside_inference_mode
+from ..shapes import shapes_of
 
-__all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion", "CALIBRATION_OPTIONS",
-           "outside_inference_mode"]
+__all__ = ["ScoringContext", "Producer", "Criterion", "FunctionCriterion", "CALIBRATION_OPTIONS"]
 
 #: Options of every criterion that runs calibration data: how many images, and the seed and count of the
 #: random inputs that stand in when there is no data (see ScoringContext.batches).
@@ -153,8 +153,7 @@ class ScoringContext:
         try:
             return model(*inputs)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            got = ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
-            want = ", ".join(str(tuple(x.shape)) for x in self.analysis.inputs)
+            got, want = shapes_of(inputs), shapes_of(self.analysis.inputs)
             source = ("the calibration data (data=)" if self.data is not None
                       else "the random inputs that stand in for calibration data")
             raise PlanError(f"{source} does not fit the model: a batch of {got} fails with {type(e).__name__}: "
@@ -210,15 +209,6 @@ class ScoringContext:
             self._observed[(key, n)] = (
                 np.concatenate(vals) if isinstance(vals[0], np.ndarray) else torch.cat(vals)
             )
-
-
-def outside_inference_mode(t: torch.Tensor) -> torch.Tensor:
-    """``t``, copied if it was made under ``torch.inference_mode()``: autograd refuses to save such a tensor
-    for backward, and a data-driven criterion (taylor) may need to."""
-    if not t.is_inference():
-        return t
-    with torch.inference_mode(False):
-        return t.clone()
 
 
 def _reduce_into(store: list, reducer):

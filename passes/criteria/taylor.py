@@ -26,7 +26,8 @@ from ..filters import filters
 from ..hooks import copy_model, value_holders
 from . import register
 from ..verify import main_output
-from .base import Criterion, ScoringContext, outside_inference_mode
+from ..modes import outside_inference_mode
+from .base import Criterion, ScoringContext
 
 __all__ = ["taylor_scores", "Taylor"]
 
