@@ -203,6 +203,7 @@ class Analyzer:
         self.frozen: list[tuple[np.ndarray, FrozenReason]] = []
         self.mixing: list[tuple[np.ndarray, FrozenReason]] = []
         self.edits: dict[str, list[Callable]] = {}
+        self.free_reshapes: set[str] = set()  # reshapes of a channel permutation: no grid ties (passes.permutation)
         self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.modules = modules_of(gm)
 

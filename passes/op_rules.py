@@ -32,6 +32,7 @@ from torch import nn
 
 from .branches import GUARD, guard_reads
 from .layout import Layout
+from .permutation import follow_channel_permutation, gather_rule
 from .shapes import SHAPE
 from .trace import computes_as
 
@@ -649,8 +650,9 @@ _COPYING_TWIN = {"view": "reshape", "view_as": "reshape_as"}
 def reshape_rule(an, node):
     """Follow channels through any data movement by applying the op to the layout itself.
 
-    When a view splits the channel axis into several axes (channel shuffle: C -> (g, C/g)), the
-    channels at the same inner index of every outer slice are united, so pruning keeps the split even.
+    When a view splits the channel axis into several axes (C -> (g, C/g)), the channels at the same inner
+    index of every outer slice are united, so pruning keeps the split even; unless the view starts a chain
+    that only permutes the channels (a channel shuffle), which the rewrite turns into a gather.
     """
     src = _first_tensor(an, node)
     lay = an.layout(src)
@@ -664,7 +666,8 @@ def reshape_rule(an, node):
     out = _apply_to_layout(an, node, src, lay)
     if out is None:
         return an.opaque(node, "cannot follow channels through this reshape")
-    out = _keep_split_even(an, out)
+    if not _splits_a_permutation(an, node, src, lay, out):
+        out = _keep_split_even(an, out)
     if has_sizes:
         an.shape_edits[node.name] = "sizes"
         if not lay.varying_dims():  # one channel: which size of 1 is its axis cannot be told, so it stays
@@ -706,6 +709,15 @@ def _apply_to_layout(an, node, src, lay: Layout) -> Layout | None:
     if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(an.shape(node)):
         return None
     return Layout.compress(result)
+
+
+def _splits_a_permutation(an, node, src, lay: Layout, out: Layout) -> bool:
+    """Is ``node`` part of a chain that only permutes channels (a channel shuffle), which the rewrite
+    replaces by a gather so that it ties no channels (see :mod:`passes.permutation`)?"""
+    if node.name in an.free_reshapes:
+        return True
+    dims = lay.varying_dims()
+    return len(dims) == 1 and len(out.varying_dims()) > 1 and follow_channel_permutation(an, node, src, dims[0])
 
 
 def _keep_split_even(an, lay: Layout) -> Layout:
@@ -816,6 +828,10 @@ def split_rule(an, node):
         if not is_chunk:
             an.shape_edits[node.name] = "split_size"
     return tuple(Layout.along(p, dim, len(shape)) for p in parts)
+
+
+REGISTRY.function(torch.index_select)(gather_rule)
+REGISTRY.method("index_select")(gather_rule)
 
 
 @REGISTRY.function(torch.unbind)

@@ -55,6 +55,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
     root = clone_tree(analysis.gm, deferred)
     graph = analysis.gm.graph if consume else copy.deepcopy(analysis.gm.graph)
     graph._tracer_cls = None  # torch.save/load re-traces the code with torch's own Tracer, not fxprune's
+    graph.owning_module = root  # edits that add a get_attr register its tensor there, and lint checks there
     modules = dict(root.named_modules())
     for name, io in positions.items():
         if name in analysis.roles and analysis.roles[name].kind not in EDITED_KINDS:

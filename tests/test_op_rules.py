@@ -1018,3 +1018,126 @@ def test_prelu_with_a_slope_per_channel_has_its_slopes_sliced():
     assert small.get_submodule("3").weight.numel() == 1 and small.get_submodule("2").out_channels == 6
     bn_kept = fxprune.prune(model, x, criterion="bn", ratio=0.5).meta["fxprune.plan"].to_dict()["modules"]
     assert bn_kept["1"]["out"] == kept  # slopes are no BN scales: bn falls back to l1 here
+
+
+# ---- channel shuffles: a permutation written as reshapes becomes a gather --------------------
+def _shuffle(x, groups=2, dim=1):
+    """ShuffleNet's channel shuffle along ``dim`` (1: NCHW, -1: channels-last tokens)."""
+    if dim == 1:
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+    b, t, c = x.shape
+    return x.reshape(b, t, groups, c // groups).transpose(-1, -2).reshape(b, t, c)
+
+
+class ShuffleStream(nn.Module):
+    """A ShuffleNet v2 stage: each block keeps half the stream, transforms the other half, concatenates
+    and shuffles; the stream's channels pass on from block to block through the shuffles."""
+
+    def __init__(self, width=20, blocks=2):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.branches = nn.ModuleList(nn.Sequential(nn.Conv2d(width // 2, width // 2, 1), nn.BatchNorm2d(width // 2),
+                                                    nn.ReLU()) for _ in range(blocks))
+        self.head = nn.Conv2d(width, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for branch in self.branches:
+            kept, changed = x.chunk(2, dim=1)
+            x = _shuffle(torch.cat((kept, branch(changed)), dim=1))
+        return self.head(x)
+
+
+def _stream_group(model, x):
+    return next(g for g in fxprune.analyze(model, x).groups if ("stem", "out") in g.members)
+
+
+def test_a_channel_shuffle_is_pruned_channel_by_channel_and_becomes_a_gather():
+    """Kept as reshapes, the shuffle would tie the stream into one class (nothing prunable). As a
+    permutation it ties nothing; the chunks still pair channel i with i + C/2 (equal pieces stay equal),
+    so the 20 stem channels, chunked in two blocks, form 20 / 2**2 = 5 classes of 4."""
+    model = randomize(ShuffleStream(width=20, blocks=2))
+    x = torch.randn(2, 3, 8, 8)
+    assert _stream_group(model, x).n_classes == 5
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.stem.out_channels == 8
+    gathers = [n for n in small.graph.nodes if n.target is torch.index_select]
+    assert gathers and not any(n.target == "transpose" or n.target is torch.transpose for n in small.graph.nodes
+                               if any(g in n.users for g in gathers))
+    assert small(torch.randn(5, 3, 6, 6)).shape == (5, 4, 6, 6)  # other batch and spatial sizes run
+
+
+def test_a_pruned_shuffle_prunes_again_and_saves():
+    """The compact model's gather is followed too: its index is remapped to what the next plan keeps."""
+    model = randomize(ShuffleStream())
+    x = torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.3)
+    again, _ = prune_and_check(small, x, criterion="l1", ratio=0.3)
+    assert n_params(again) < n_params(small)
+    for m in (small, again):
+        order = [t for name, t in m.named_buffers() if name.endswith("channel_order")]
+        assert order and all(sorted(t.tolist()) == list(range(len(t))) for t in order)  # permutations
+
+
+class TokenShuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc2(_shuffle(torch.relu(self.fc1(x)), groups=3, dim=-1))
+
+
+def test_a_shuffle_of_channels_last_tokens_is_a_gather_too():
+    model = randomize(TokenShuffle())
+    small, _ = prune_and_check(model, torch.randn(2, 5, 6), criterion="l1", ratio=0.5)
+    assert small.fc1.out_features == 6 and any(n.target is torch.index_select for n in small.graph.nodes)
+
+
+class SpaceToChannels(nn.Module):
+    """A reshape chain that also moves spatial positions (pixel unshuffle by hand): no channel permutation."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).permute(0, 2, 1, 4, 3).reshape(n, c, w, h)
+        return self.c2(y)
+
+
+def test_a_reshape_chain_that_also_moves_positions_keeps_its_grid_ties():
+    model = randomize(SpaceToChannels())
+    x = torch.randn(2, 3, 6, 6)
+    group = next(g for g in fxprune.analyze(model, x).groups if ("c1", "out") in g.members)
+    assert group.n_classes == 1  # the grid's rows (i, i + 4), then its permuted rows, tie all 8
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.c1.out_channels == 8 and not any(n.target is torch.index_select for n in small.graph.nodes)
+
+
+class SharedGatherIndex(nn.Module):
+    """Two gathers reading one index buffer: remapping it for one would change the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.register_buffer("order", torch.tensor([3, 1, 0, 2]))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        pa = torch.index_select(self.a(x), 1, self.order)
+        return self.head(torch.cat((pa, self.b(x).index_select(1, self.order)), 1))
+
+
+def test_a_gather_by_a_shared_index_buffer_freezes():
+    model = randomize(SharedGatherIndex())
+    x = torch.randn(2, 3, 4, 4)
+    groups = fxprune.analyze(model, x).groups
+    for layer in ("a", "b"):
+        group = next(g for g in groups if (layer, "out") in g.members)
+        assert group.frozen and "not a buffer of its own" in group.reasons[0].reason
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.a.out_channels == small.b.out_channels == 4 and torch.equal(small.order, model.order)
