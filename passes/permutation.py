@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import operator
 
 import numpy as np
 import torch
@@ -43,8 +42,6 @@ _MOVING_FUNCTIONS = {torch.reshape: "reshape", torch.flatten: "flatten", torch.t
 _MAX_CHAIN = 8
 #: Position ids of a larger source are not materialized (the shuffle keeps its grid ties then).
 _MAX_POSITIONS = 1 << 24
-#: Size arithmetic that only fed the removed reshapes (``c // g`` from ``x.size()``) is removed with them.
-_PURE_SIZE_FUNCTIONS = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, getattr)
 
 
 def follow_channel_permutation(an, split: torch.fx.Node, src: torch.fx.Node, dim: int) -> bool:
@@ -121,7 +118,7 @@ def _channel_order(positions: torch.Tensor, values: torch.Tensor, dim: int) -> n
 
 def _gather_channels(root, end: torch.fx.Node, analysis, keep: np.ndarray, *, split: str, dim: int,
                      src_elems: np.ndarray, order: np.ndarray) -> None:
-    """Replace the chain ending at ``end`` by ``index_select(src, dim, index)`` over the kept channels."""
+    """Make ``end`` ``index_select(src, dim, index)`` over the kept channels; erase the rest of the chain."""
     kept = keep[src_elems]
     if kept.all():
         return  # nothing pruned here: the shuffle stays as the user wrote it
@@ -135,34 +132,16 @@ def _gather_channels(root, end: torch.fx.Node, analysis, keep: np.ndarray, *, sp
     root.register_buffer(name, torch.as_tensor(index, dtype=torch.int64, device=_device_of(root)))
     graph = end.graph
     with graph.inserting_before(end):
-        gathered = graph.call_function(torch.index_select, (src, dim, graph.get_attr(name)))
-    end.replace_all_uses_with(gathered)
-    _erase_with_size_arithmetic(graph, chain)
+        index_node = graph.get_attr(name)
+    # ``end`` becomes the gather in place: later edits find it by name, with the shape and layout it had
+    end.op, end.target, end.args, end.kwargs = "call_function", torch.index_select, (src, dim, index_node), {}
+    for node in chain[1:]:  # each one's only user went before it; the sizes they read go with the rewrite's tidy-up
+        graph.erase_node(node)
 
 
 def _device_of(root: torch.nn.Module) -> torch.device:
     tensor = next(itertools.chain(root.parameters(), root.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def _erase_with_size_arithmetic(graph: torch.fx.Graph, chain: list[torch.fx.Node]) -> None:
-    """Erase the chain (last user first), then the size reads and arithmetic only it used."""
-    candidates = []
-    for node in chain:
-        candidates += node.all_input_nodes
-        graph.erase_node(node)
-    erased = set(chain)
-    while candidates:
-        node = candidates.pop()
-        if node not in erased and not node.users and _pure_size_op(node):
-            candidates += node.all_input_nodes
-            graph.erase_node(node)
-            erased.add(node)
-
-
-def _pure_size_op(node: torch.fx.Node) -> bool:
-    return node.op == "call_method" and node.target == "size" or \
-        node.op == "call_function" and node.target in _PURE_SIZE_FUNCTIONS
 
 
 def gather_rule(an, node: torch.fx.Node):

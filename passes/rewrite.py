@@ -71,6 +71,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
         for edit in edits:
             edit(root, nodes[name], analysis, keep)
     unshare(root.modules(), deferred)  # after the edits: they may install new modules
+    _erase_unused_size_arithmetic(graph)
     if analysis.edits:
         graph.lint()  # rules changed nodes; otherwise the graph is the tracer's with new int constants
     gm = build_graph_module(root, graph, type(analysis.gm).__name__)  # generates the code once
@@ -275,6 +276,21 @@ def _slice_attr(root: nn.Module, target: str, dim: int, keep) -> None:
 
 
 # ---- graph constants --------------------------------------------------------------------------
+#: Ops computing sizes (``x.size()``, ``c // g``) whose results a rewritten constant or an erased reshape
+#: may leave unread.
+_SIZE_FUNCTIONS = frozenset({operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, getattr})
+
+
+def _erase_unused_size_arithmetic(graph: torch.fx.Graph) -> None:
+    """Drop size reads and arithmetic nobody reads any more, so the compact model's code does not
+    compute them (last first, so a chain of them goes in one pass)."""
+    for node in reversed(graph.nodes):
+        if not node.users and (node.op == "call_method" and node.target == "size" or
+                               node.op == "call_function" and node.target in _SIZE_FUNCTIONS):
+            graph.erase_node(node)
+
+
+
 def _rewrite_constants(graph: torch.fx.Graph, analysis: Analysis, keep: np.ndarray) -> None:
     nodes = {n.name: n for n in graph.nodes}
     for name, (before, after) in analysis.pads.items():

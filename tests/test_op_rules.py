@@ -1141,3 +1141,21 @@ def test_a_gather_by_a_shared_index_buffer_freezes():
         assert group.frozen and "not a buffer of its own" in group.reasons[0].reason
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
     assert small.a.out_channels == small.b.out_channels == 4 and torch.equal(small.order, model.order)
+
+
+class ShuffleThenRange(nn.Module):
+    """A channel range of a shuffled tensor (found by the fuzz test): the range's rewrite reads the
+    shuffle's output, which the rewrite has turned into a gather by then."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.head(_shuffle(self.stem(x))[:, 1:7])
+
+
+def test_a_channel_range_of_a_shuffled_tensor():
+    model = randomize(ShuffleThenRange())
+    small, _ = prune_and_check(model, torch.randn(2, 3, 6, 6), criterion="l1", ratio=0.5)
+    assert small.stem.out_channels < 8 and any(n.target is torch.index_select for n in small.graph.nodes)
