@@ -1068,8 +1068,9 @@ def test_a_channel_shuffle_is_pruned_channel_by_channel_and_becomes_a_gather():
     assert small(torch.randn(5, 3, 6, 6)).shape == (5, 4, 6, 6)  # other batch and spatial sizes run
 
 
-def test_a_pruned_shuffle_prunes_again_and_saves():
-    """The compact model's gather is followed too: its index is remapped to what the next plan keeps."""
+def test_a_pruned_shuffle_prunes_again_and_saves(tmp_path):
+    """The compact model's gather is followed too: its index is remapped to what the next plan keeps;
+    the index is a buffer, so it is saved and loaded with the weights."""
     model = randomize(ShuffleStream())
     x = torch.randn(2, 3, 8, 8)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.3)
@@ -1078,6 +1079,9 @@ def test_a_pruned_shuffle_prunes_again_and_saves():
     for m in (small, again):
         order = [t for name, t in m.named_buffers() if name.endswith("channel_order")]
         assert order and all(sorted(t.tolist()) == list(range(len(t))) for t in order)  # permutations
+    fxprune.save(again, tmp_path / "again")
+    with torch.no_grad():
+        assert torch.equal(fxprune.load(tmp_path / "again")(x), again(x))
 
 
 class TokenShuffle(nn.Module):
