@@ -430,50 +430,46 @@ layout reorders, depthwise convs. And at batch 1 every op also pays a fixed per-
 does not touch (the op count is unchanged). So the speed-up follows the MAC reduction only where
 dense convs take nearly all of the time:
 
-* **resnet / resnext reach the goal** (0.85-0.93): dense convs are 84-92% of resnet18's time and run
-  at their MAC reduction (3.4-4.0x for 3.75x).
-* **Memory-bound non-conv work ("rest")** is the main cause elsewhere. In the deployed graph every op
-  that `optimize_for_inference` cannot keep in oneDNN layout gets a `to_dense`/`to_mkldnn` pair:
-  efficientnet_b0 has 74 pairs (SiLU, squeeze-excitation), densenet121 62 pairs plus 62 batch norms
-  that freezing cannot fold (pre-activation BN -> ReLU -> conv) and 62 concats, googlenet 36
-  `to_dense` around its concats and max-pool branches, shufflenet 16 channel shuffles
-  (view/transpose/contiguous) plus chunk/cat. That rest is 68-72% of efficientnet_b0's time (speed-up
-  1.6x at batch 1, 2.5x at 32), 48-61% of densenet121's (1.9x / 2.9x), 43-50% of shufflenet's (1.2x),
-  31-46% of regnet_y_800mf's (SE: 1.9x / 2.4x), 34-39% of mnasnet1_0's and mobilenet_v2's at batch 1.
-  With a share s of the time scaling 2x and the other 1 - s at the MAC reduction R, the speed-up is at most
-  1 / ((1 - s) / R + s / 2): for s = 0.7, R = 3.6 that is 2.3x, a ratio of 0.64. No choice of channels
-  reaches 0.85 there; fusing those ops in the runtime would.
+* **resnet reaches the goal** (0.85-0.90 at batch 1, 0.89-0.97 at 32): dense convs are 84-87% of
+  resnet18's time and run at about their MAC reduction (3.3-3.9x for 3.75x). resnext50_32x4d reaches
+  it at batch 32 only (0.80 / 1.00).
+* **Memory-bound non-conv work ("rest")** is the main cause elsewhere at batch 1. In the deployed graph
+  every op that `optimize_for_inference` cannot keep in oneDNN layout gets a `to_dense`/`to_mkldnn`
+  pair: efficientnet_b0 has 74 pairs (SiLU, squeeze-excitation), densenet121 62 pairs plus 62 batch
+  norms that freezing cannot fold (pre-activation BN -> ReLU -> conv) and 62 concats, googlenet 36
+  `to_dense` around its concats and max-pool branches, shufflenet 16 channel shuffles plus chunk/cat.
+  At batch 1 that rest is 61% of efficientnet_b0's time (speed-up 1.4x), 43% of shufflenet_v2_x1_0's
+  (1.3x), 33% of densenet121's and regnet_y_800mf's (1.6x, 1.8x: SE), 30% of mnasnet1_0's. With a
+  share s of the time scaling at 1.4x and the other 1 - s at the MAC reduction R, the speed-up is at
+  most 1 / ((1 - s) / R + s / 1.4): for s = 0.6, R = 3.6 that is 1.9x, a ratio of 0.51. No choice of
+  channels reaches 0.85 there; fusing those ops in the runtime would. At batch 32 the same rest scales
+  much better, and efficientnet, regnet_y, densenet and squeezenet reach the goal there.
 * **Depthwise convs** (mobilenet, efficientnet, mnasnet) lose only 2x MACs and are memory-bound:
-  1.5x at batch 1 for their 2x.
-* **Batch 1 vs 32**: without round_to every family's ratio is higher at batch 32 (resnet: equal). At
-  batch 1 the dense 1x1 convs of the
-  mobile nets speed up 2.2-2.4x for 4x MACs (small GEMMs, per-op cost); at batch 32 2.6-4.7x.
-  regnet_x (0.86), squeezenet (0.86), densenet with round_to=8 (0.86) and mnasnet with round_to=8
-  (0.86) reach the goal at batch 32 only.
-* **Odd channel counts** matter, but less: after pruning 24-75% of the mobile nets' MACs (most 55-75%)
-  are in convs whose channel count is not a multiple of 16 (oneDNN's AVX-512 fp32 block). round_to=8
-  moves the family ratios by +0.02-0.08, largely because it keeps more MACs. round_to=16 raises the
-  batch-1 speed-up itself a little (efficientnet_b0 1.69x -> 1.78x, mnasnet1_0 1.99x -> 2.14x) while
-  keeping 13-22% more MACs, so the ratio rises more (0.47 -> 0.60, 0.56 -> 0.74). At batch 32
-  mnasnet1_0 (1.01) and efficientnet_b0 (0.86) reach the goal with round_to=16, the latter only by
-  keeping more MACs (its speed-up fell, 2.68x -> 2.56x).
-* **RegNet with round_to=8 prunes much less**: fxprune's round_to rounds the number of kept
-  *classes*, and in a group that runs through a grouped conv a class is a whole conv group (8-24
-  channels in these models, so any count of them is already a multiple of 8 channels). round_to=8 then keeps a multiple
-  of 8 conv groups: regnet_x_800mf's MAC reduction falls from 3.3x to 2.1x and its speed-up from 2.34x
-  to 1.74x (the ratio rises only because the reduction fell). Rounding the channel count instead of
-  the class count would fix it (passes/select.py). Without round_to regnet_x reaches the goal at batch
-  32 (0.86); at batch 1 its grouped convs give 1.7x for 2x MACs, and regnet_y adds SE blocks.
-* **ShuffleNetV2 prunes only ~2x MACs**: channel shuffle + split couple every channel of a stage's
-  stream into one class, so only the branch-internal channels are pruned; the shuffle, chunk and cat
-  (43-50% of the time) barely speed up (1.2x).
-* **googlenet** (0.59 / 0.73): concat and max-pool branches in dense layout, as above. **squeezenet**
-  (0.66 at batch 1, 0.86 at 32): tiny fire-module convs (16-64 squeeze channels, 8-32 after pruning)
+  1.4-1.5x at batch 1 for their 2x.
+* **Batch 1 vs 32**: every family's ratio is higher at batch 32. At batch 1 the dense 1x1 convs of the
+  mobile nets speed up 2.0-2.5x for 4x MACs (small GEMMs, per-op cost); at batch 32 2.3-3.2x.
+* **Odd channel counts** matter, but less: after pruning 24-75% of the mobile nets' MACs (75-100% of the
+  ShuffleNets') are in convs whose channel count is not a multiple of 16 (oneDNN's AVX-512 fp32
+  block). round_to=8 moves the mobile families' ratios by +0.03-0.10 at batch 1, largely because it keeps
+  more MACs. round_to=16 raises the batch-1 speed-up itself a little (efficientnet_b0 1.57x -> 1.68x,
+  mnasnet1_0 2.10x -> 2.21x) while keeping 14-22% more MACs, so the ratio rises more (0.44 -> 0.57,
+  0.59 -> 0.76). At batch 32 mobilenet_v2 (0.94), efficientnet_b0 (0.96) and mnasnet1_0 (0.92) reach
+  the goal with round_to=16, only by keeping more MACs (their speed-ups stayed or fell).
+* **RegNet**: round_to counts channels, so a grouped conv's unit (a whole group of 8-24 channels)
+  needs no extra rounding and round_to=8 prunes as much as none (regnet_x_800mf /3.32 both; an earlier
+  run, before that fix, lost its MAC reduction from 3.3x to 2.1x there). At batch 1 its grouped convs
+  give 1.75x for 2x MACs, and regnet_y adds SE blocks; at batch 32 both reach the goal.
+* **ShuffleNetV2**: its channel shuffles are pruned as gathers, so the stage streams prune (MACs /2.7-2.8;
+  when the shuffle tied each stream into one class, /2.0). It still falls short: its 1x1 convs lose 2.9x
+  of their MACs (4x in the other nets), and the gathers, chunks and concats (42-43% of the time) speed
+  up 1.3-1.5x.
+* **googlenet** (0.61 / 0.75): concat and max-pool branches in dense layout, as above. **squeezenet**
+  (0.68 at batch 1, 0.91 at 32): tiny fire-module convs (16-64 squeeze channels, 8-32 after pruning)
   at batch 1.
 
-Caveat: *rest* is model time minus the convs timed alone; where an isolated conv runs faster than in
-the graph (activations that fit in cache alone: mobilenet_v2's pruned depthwise convs at batch 32,
-3.7x for 2x MACs) the rest absorbs the error (its 0.66x there).
+Caveat: *rest* is model time minus the convs timed alone; where an isolated conv runs at another speed
+than in the graph the rest absorbs the error (mobilenet_v2's pruned depthwise convs at batch 32 run 4.5x
+faster alone for 2x MACs; densenet121's rest "speeds up" 5.2x at batch 32).
 """
 
 
