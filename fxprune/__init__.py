@@ -11,13 +11,14 @@ from passes.plan import Plan
 
 from .api import analyze, apply, criteria, plan, prune, register_criterion, verify
 from .export import export, load, save
+from .iterative import prune_iteratively
 from .recalibrate import recalibrate_bn
 from .report import report
 from .sensitivity import Sensitivity, sensitivity
 from .soft import SoftFilterPruning
 
 __all__ = [
-    "prune", "plan", "apply", "analyze", "verify", "report", "export", "save", "load", "criteria",
+    "prune", "prune_iteratively", "plan", "apply", "analyze", "verify", "report", "export", "save", "load", "criteria",
     "register_criterion", "recalibrate_bn", "sensitivity", "Sensitivity", "SoftFilterPruning", "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError",
     "VerificationError", "VacuousVerificationWarning",
 ]

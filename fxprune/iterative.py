@@ -1,0 +1,159 @@
+"""Iterative pruning: reach a budget in steps, with the caller's fine-tuning between them.
+
+One-shot pruning at a high ratio removes many channels before the network can adapt; pruning a little,
+fine-tuning, and pruning again usually keeps more accuracy (Torch-Pruning's ``iterative_steps``,
+CORING's k-shot schedule). Each step is :func:`fxprune.prune` on the previous step's compact model,
+re-scored on its current weights. The budget of every step is stated against the *original* model, so
+rounding at one step does not accumulate:
+
+* ``ratio=r``: after step i every group keeps ``int(N * (1 - r_i))`` of its original N channels
+  (classes), as a one-shot ``prune(ratio=r_i)`` would;
+* ``flops_reduction=f``: after step i the conv+linear MACs are ``(1 - f_i)`` of the original's,
+  measured on the current model, so a step that lands off target is corrected by the next.
+
+``r_i`` / ``f_i`` grow linearly to the budget over ``steps``, or follow a list of cumulative budgets
+(``ratio=[0.2, 0.35, 0.5]``). The result's ``meta["fxprune.plan"]`` is the plan relative to the
+original model (the steps' kept indices composed), so ``fxprune.verify(model, small)`` holds when no
+fine-tuning ran between the steps, and ``fxprune.apply(model, plan)`` rebuilds the same architecture;
+``meta["fxprune.steps"]`` holds each step's own plan.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from passes.budget import conv_linear_macs
+from passes.dependency import PRODUCER_KINDS, Analysis
+from passes.errors import PlanError
+from passes.plan import Plan
+from passes.select import check_ratio, kept_count
+
+__all__ = ["prune_iteratively"]
+
+
+def prune_iteratively(model: nn.Module, example_inputs=None, *, steps: int | None = None,
+                      ratio: float | Sequence[float] | None = None,
+                      flops_reduction: float | Sequence[float] | None = None,
+                      finetune: Callable[[torch.fx.GraphModule, int], None] | None = None,
+                      **prune_options) -> torch.fx.GraphModule:
+    """Prune in steps towards ``ratio`` or ``flops_reduction``; ``finetune(compact, step)`` (1-based) runs
+    after every step. Other keywords (``criterion``, ``data``, ``round_to``, ``global_ratio``, ``ignore``,
+    ...) go to every :func:`fxprune.prune` call. The model is not modified."""
+    from fxprune.api import analyze, prune
+
+    if (ratio is None) == (flops_reduction is None):
+        raise PlanError("give one budget: ratio= or flops_reduction= (a float with steps=, or a list of cumulative budgets)")
+    kind = "ratio" if ratio is not None else "flops_reduction"
+    schedule = _schedule(ratio if ratio is not None else flops_reduction, steps, kind)
+    analysis_options = {k: prune_options[k] for k in ("leaf_modules", "strict", "ignore") if k in prune_options}
+    original = analyze(model, example_inputs, **analysis_options)
+    current, plans = model, []
+    for step, target in enumerate(schedule, 1):
+        now = analyze(current, example_inputs, **analysis_options) if step > 1 else original
+        budget = _step_budget(kind, target, original, now, prune_options.get("global_ratio", False))
+        current = prune(current, example_inputs, **budget, **prune_options)
+        plans.append(current.meta["fxprune.plan"])
+        if finetune is not None:
+            finetune(current, step)
+    current.meta["fxprune.steps"] = plans
+    current.meta["fxprune.plan"] = compose(plans, {kind: list(schedule), **_recorded(plans[-1].options)})
+    return current
+
+
+def _schedule(budget, steps: int | None, kind: str) -> list[float]:
+    """Cumulative budgets, one per step, increasing to the final one."""
+    if isinstance(budget, dict):
+        raise PlanError(f"iterative pruning takes one {kind} for all groups (or a list of cumulative ones), not a dict")
+    if isinstance(budget, (list, tuple)):
+        if steps is not None and steps != len(budget):
+            raise PlanError(f"steps={steps} but {len(budget)} cumulative budgets given; give one of them")
+        values = [_check_budget(b, kind) for b in budget]
+        if not values or any(b <= a for a, b in zip(values, values[1:])):
+            raise PlanError(f"the cumulative {kind} list must be non-empty and increasing, got {list(budget)!r}")
+        return values
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PlanError(f"steps must be a positive int (how many prune steps), got {steps!r}")
+    final = _check_budget(budget, kind)
+    return [final * i / steps for i in range(1, steps + 1)]
+
+
+def _check_budget(value, kind: str) -> float:
+    if kind == "ratio":
+        return check_ratio(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise PlanError(f"flops_reduction must be a fraction in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _step_budget(kind: str, target: float, original: Analysis, now: Analysis, global_ratio: bool) -> dict:
+    """The prune() budget that takes the current model to ``target`` of the original."""
+    if kind == "flops_reduction":
+        remaining = (1.0 - target) * conv_linear_macs(original, {}) / conv_linear_macs(now, {})
+        return {"flops_reduction": 1.0 - remaining}
+    if global_ratio:
+        total = sum(g.n_classes for g in original.groups if not g.frozen)
+        current = sum(g.n_classes for g in now.groups if not g.frozen)
+        return {"ratio": _ratio_for(current, max(1, int(total * (1.0 - target))))}
+    before = _classes_by_producer(original)
+    ratios = {}
+    for name, classes in _first_producers(now).items():
+        wanted = kept_count(before[name], target) if name in before else classes
+        if wanted < classes:
+            ratios[name] = _ratio_for(classes, wanted)
+    return {"ratio": ratios}
+
+
+def _ratio_for(n: int, wanted: int) -> float:
+    """The ratio whose kept count ``int(n * (1 - r))`` is exactly ``wanted`` (< n): half a channel of margin
+    against float rounding."""
+    return 1.0 - (wanted + 0.5) / n
+
+
+def _classes_by_producer(analysis: Analysis) -> dict[str, int]:
+    """Every producing layer of a prunable group, with the group's size in classes."""
+    out = {}
+    for g in analysis.groups:
+        if not g.frozen:
+            out.update((name, g.n_classes) for name in _producers(analysis, g))
+    return out
+
+
+def _first_producers(analysis: Analysis) -> dict[str, int]:
+    """One producing layer per prunable group (the key ``prune(ratio={key: r})`` sets it by), with its size."""
+    return {names[0]: g.n_classes for g in analysis.groups if not g.frozen and (names := _producers(analysis, g))}
+
+
+def _producers(analysis: Analysis, group) -> list[str]:
+    return [name for name, io in group.members
+            if io == "out" and name in analysis.roles and analysis.roles[name].kind in PRODUCER_KINDS]
+
+
+def _recorded(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k not in ("ratio", "flops_reduction")}
+
+
+def compose(plans: list[Plan], options: dict) -> Plan:
+    """One plan relative to the first model from plans that each index the previous step's channels."""
+    modules: dict[str, dict] = {}
+    groups: dict[tuple, dict] = {}
+    for p in plans:
+        for name, io in p.modules.items():
+            before = modules.get(name, {"in": None, "out": None})
+            modules[name] = {side: _compose(before[side], io.get(side)) for side in ("in", "out")}
+        for g in p.groups:
+            key = tuple(sorted((str(m), str(s)) for m, s in g["members"]))
+            before = groups.get(key)
+            groups[key] = {**g, "keep": _compose(before["keep"], g["keep"]), "channels": before["channels"]} \
+                if before is not None else dict(g)
+    return Plan(modules=modules, groups=list(groups.values()), options=options)
+
+
+def _compose(before: list[int] | None, step: list[int] | None) -> list[int] | None:
+    """Indices into the original from indices into the previous model (None: all of them)."""
+    if step is None:
+        return before
+    if before is None:
+        return list(step)
+    return [before[i] for i in step]
