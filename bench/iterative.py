@@ -1,0 +1,134 @@
+"""Does pruning in steps, fine-tuning between them, beat one shot given the same fine-tuning?
+
+Per seed: a ResNet-20 is trained on scikit-learn's digits; then, for each ratio R (l1):
+
+* *one-shot*: ``prune(ratio=R)``, then ``--finetune-epochs`` E epochs of fine-tuning;
+* *iterative*: ``prune_iteratively(ratio=R, steps=S)`` with E / S epochs of fine-tuning after every step.
+
+Both end with the same widths (the same kept count in every group) and the same number of fine-tuning
+epochs (lr 0.01, cosine, restarted at every step for the iterative run); every fine-tuning starts with
+the pruned model's BatchNorm statistics re-measured (``recalibrate_bn``). Top-1 is measured right after
+the one-shot prune (statistics re-measured) and after all fine-tuning.
+Prints a table and writes bench/results/iterative.md.
+
+    .venv/bin/python bench/iterative.py [--seeds 3] [--ratios 0.5 0.7] [--steps 3] [--finetune-epochs 6]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fxprune  # noqa: E402
+from fxprune.data import load_dataset  # noqa: E402
+from fxprune.experiment import write_text_atomic  # noqa: E402
+from fxprune.models import get_model  # noqa: E402
+from fxprune.report import count  # noqa: E402
+from fxprune.runner import evaluate, finetune  # noqa: E402
+from sensitivity import X, top1_with_own_statistics  # noqa: E402
+
+
+def tune(net, epochs: int, seed: int, train, bn_train, test, bn_images: int) -> None:
+    """BatchNorm statistics re-measured first (a pruned network's are stale), then fine-tuning."""
+    fxprune.recalibrate_bn(net, bn_train, images=bn_images)
+    finetune(net, train, test, epochs=epochs, lr=0.01, schedule="cosine", batch_size=64, seed=seed,
+             progress=False, device="cpu")
+
+
+def run_seed(seed: int, args, train, bn_train, test) -> dict:
+    torch.manual_seed(seed)
+    base = get_model("resnet20", num_classes=10)
+    finetune(base, train, test, epochs=args.epochs, lr=0.1, schedule="cosine", batch_size=64, seed=seed,
+             progress=False, device="cpu")
+    base.eval()
+    base_macs = count(base, X).macs_conv_linear
+    row = {"seed": seed, "baseline": 100.0 * evaluate(base, test, device="cpu")[1], "ratios": {}}
+    for ratio in args.ratios:
+        once = fxprune.prune(base, X, criterion="l1", ratio=ratio)
+        pruned = top1_with_own_statistics(once, bn_train, test, args.bn_images)
+        tune(once, args.finetune_epochs, seed, train, bn_train, test, args.bn_images)
+        per_step = args.finetune_epochs // args.steps
+        steps = fxprune.prune_iteratively(
+            base, X, criterion="l1", ratio=ratio, steps=args.steps,
+            finetune=lambda net, step: tune(net, per_step, seed, train, bn_train, test, args.bn_images))
+        assert count(steps, X).macs_conv_linear == count(once, X).macs_conv_linear  # same widths
+        row["ratios"][ratio] = {
+            "macs": 100.0 * (1.0 - count(once, X).macs_conv_linear / base_macs),
+            "pruned": pruned,
+            "one-shot": 100.0 * evaluate(once, test, device="cpu")[1],
+            "iterative": 100.0 * evaluate(steps, test, device="cpu")[1],
+        }
+        r = row["ratios"][ratio]
+        print(f"seed {seed} ratio {ratio}: -{r['macs']:.1f}% MACs; pruned {r['pruned']:.2f}%; one-shot "
+              f"{r['one-shot']:.2f}%, iterative {r['iterative']:.2f}%", flush=True)
+    return row
+
+
+def markdown(rows: list[dict], args, seconds: float) -> str:
+    def cell(ratio: float, key: str) -> str:
+        values = [r["ratios"][ratio][key] for r in rows]
+        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.2f}{spread}"
+
+    def paired(ratio: float) -> str:
+        gaps = [r["ratios"][ratio]["iterative"] - r["ratios"][ratio]["one-shot"] for r in rows]
+        spread = f" ± {statistics.stdev(gaps):.2f}" if len(gaps) > 1 else ""
+        return f"{statistics.mean(gaps):+.2f}{spread}"
+
+    lines = [
+        "# Iterative pruning vs one shot, same widths and fine-tuning epochs",
+        "",
+        f"ResNet-20 on scikit-learn digits (1437 train / 360 test images), {args.epochs} training epochs, "
+        f"{len(rows)} seed(s); l1; one-shot: prune, then {args.finetune_epochs} fine-tuning epoch(s); iterative: "
+        f"{args.steps} steps with {args.finetune_epochs // args.steps} epoch(s) after each; lr 0.01 cosine; BatchNorm "
+        f"statistics re-measured on {args.bn_images} images before every fine-tuning. "
+        f"CPU, {seconds:.0f} s. Command: `.venv/bin/python bench/iterative.py`",
+        "",
+        "Baselines (top-1): " + ", ".join(f"{r['baseline']:.2f}%" for r in rows) + ".",
+        "",
+        "| ratio | MACs (conv+linear) removed | one-shot, right after pruning (BN re-measured) | one-shot, fine-tuned "
+        "| iterative, fine-tuned | iterative - one-shot (paired) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {ratio:g} | {cell(ratio, 'macs')}% | {cell(ratio, 'pruned')}% | {cell(ratio, 'one-shot')}% | "
+              f"{cell(ratio, 'iterative')}% | {paired(ratio)} |" for ratio in args.ratios]
+    lines += ["", "Mean ± standard deviation over seeds. Per seed (one-shot / iterative, fine-tuned):", "",
+              "| seed | " + " | ".join(f"ratio {ratio:g}" for ratio in args.ratios) + " |",
+              "|---" * (len(args.ratios) + 1) + "|"]
+    lines += [f"| {r['seed']} | " + " | ".join(f"{r['ratios'][q]['one-shot']:.2f} / {r['ratios'][q]['iterative']:.2f}"
+                                               for q in args.ratios) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--finetune-epochs", type=int, default=6)
+    ap.add_argument("--bn-images", type=int, default=512)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "iterative.md"))
+    args = ap.parse_args()
+    if args.finetune_epochs % args.steps:
+        ap.error("--finetune-epochs must be a multiple of --steps (the same epochs for both methods)")
+    train = load_dataset("digits", split="train", seed=0)
+    bn_train = load_dataset("digits", split="train", augment=False)
+    test = load_dataset("digits", split="test")
+    start = time.perf_counter()
+    rows = [run_seed(seed, args, train, bn_train, test) for seed in range(args.seeds)]
+    text = markdown(rows, args, time.perf_counter() - start)
+    print(text)
+    write_text_atomic(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
