@@ -1,8 +1,9 @@
 """Iterative pruning: reach a budget in steps, with the caller's fine-tuning between them.
 
 One-shot pruning at a high ratio removes many channels before the network can adapt; pruning a little,
-fine-tuning, and pruning again usually keeps more accuracy (Torch-Pruning's ``iterative_steps``,
-CORING's k-shot schedule). Each step is :func:`fxprune.prune` on the previous step's compact model,
+fine-tuning, and pruning again is the other common recipe (Torch-Pruning's ``iterative_steps``, CORING's
+k-shot schedule). Which keeps more accuracy depends on how the fine-tuning is spread: with the same epochs
+split evenly over the steps, one shot won in ``bench/iterative.py``. Each step is :func:`fxprune.prune` on the previous step's compact model,
 re-scored on its current weights. The budget of every step is stated against the *original* model, so
 rounding at one step does not accumulate:
 
@@ -58,7 +59,7 @@ def prune_iteratively(model: nn.Module, example_inputs=None, *, steps: int | Non
         if finetune is not None:
             finetune(current, step)
     current.meta["fxprune.steps"] = plans
-    current.meta["fxprune.plan"] = compose(plans, {kind: list(schedule), **_recorded(plans[-1].options)})
+    current.meta["fxprune.plan"] = _composed(plans, {kind: list(schedule), **_recorded(plans[-1].options)})
     return current
 
 
@@ -134,23 +135,23 @@ def _recorded(options: dict) -> dict:
     return {k: v for k, v in options.items() if k not in ("ratio", "flops_reduction")}
 
 
-def compose(plans: list[Plan], options: dict) -> Plan:
+def _composed(plans: list[Plan], options: dict) -> Plan:
     """One plan relative to the first model from plans that each index the previous step's channels."""
     modules: dict[str, dict] = {}
     groups: dict[tuple, dict] = {}
     for p in plans:
         for name, io in p.modules.items():
             before = modules.get(name, {"in": None, "out": None})
-            modules[name] = {side: _compose(before[side], io.get(side)) for side in ("in", "out")}
+            modules[name] = {side: _through(before[side], io.get(side)) for side in ("in", "out")}
         for g in p.groups:
             key = tuple(sorted((str(m), str(s)) for m, s in g["members"]))
             before = groups.get(key)
-            groups[key] = {**g, "keep": _compose(before["keep"], g["keep"]), "channels": before["channels"]} \
+            groups[key] = {**g, "keep": _through(before["keep"], g["keep"]), "channels": before["channels"]} \
                 if before is not None else dict(g)
     return Plan(modules=modules, groups=list(groups.values()), options=options)
 
 
-def _compose(before: list[int] | None, step: list[int] | None) -> list[int] | None:
+def _through(before: list[int] | None, step: list[int] | None) -> list[int] | None:
     """Indices into the original from indices into the previous model (None: all of them)."""
     if step is None:
         return before

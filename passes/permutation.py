@@ -171,8 +171,8 @@ def _index_buffer(an, index) -> np.ndarray | None:
     if not isinstance(index, torch.fx.Node) or index.op != "get_attr":
         return None
     *path, attr = index.target.split(".")
-    tensor = an.modules.get(".".join(path), None)
-    tensor = tensor._buffers.get(attr) if tensor is not None else None
+    owner = an.modules.get(".".join(path))
+    tensor = owner._buffers.get(attr) if owner is not None else None
     if tensor is None or tensor.dim() != 1 or tensor.dtype not in (torch.int64, torch.int32):
         return None
     return tensor.detach().cpu().numpy().astype(np.int64)

@@ -290,7 +290,6 @@ def _erase_unused_size_arithmetic(graph: torch.fx.Graph) -> None:
             graph.erase_node(node)
 
 
-
 def _rewrite_constants(graph: torch.fx.Graph, analysis: Analysis, keep: np.ndarray) -> None:
     nodes = {n.name: n for n in graph.nodes}
     for name, (before, after) in analysis.pads.items():
