@@ -17,23 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fxprune  # noqa: E402
-from fxprune.data import load_dataset  # noqa: E402
-from fxprune.experiment import write_text_atomic  # noqa: E402
-from fxprune.models import get_model  # noqa: E402
 from fxprune.report import count  # noqa: E402
 from fxprune.runner import evaluate, finetune  # noqa: E402
-from sensitivity import X, top1_with_own_statistics  # noqa: E402
+from sensitivity import X, mean_std, run_on_digits, top1_with_own_statistics, trained_resnet20  # noqa: E402
 
 
 def tune(net, epochs: int, seed: int, train, bn_train, test, bn_images: int) -> None:
@@ -44,11 +37,7 @@ def tune(net, epochs: int, seed: int, train, bn_train, test, bn_images: int) -> 
 
 
 def run_seed(seed: int, args, train, bn_train, test) -> dict:
-    torch.manual_seed(seed)
-    base = get_model("resnet20", num_classes=10)
-    finetune(base, train, test, epochs=args.epochs, lr=0.1, schedule="cosine", batch_size=64, seed=seed,
-             progress=False, device="cpu")
-    base.eval()
+    base = trained_resnet20(seed, args.epochs, train, test)
     base_macs = count(base, X).macs_conv_linear
     row = {"seed": seed, "baseline": 100.0 * evaluate(base, test, device="cpu")[1], "ratios": {}}
     for ratio in args.ratios:
@@ -74,14 +63,10 @@ def run_seed(seed: int, args, train, bn_train, test) -> dict:
 
 def markdown(rows: list[dict], args, seconds: float) -> str:
     def cell(ratio: float, key: str) -> str:
-        values = [r["ratios"][ratio][key] for r in rows]
-        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.2f}{spread}"
+        return mean_std([r["ratios"][ratio][key] for r in rows])
 
     def paired(ratio: float) -> str:
-        gaps = [r["ratios"][ratio]["iterative"] - r["ratios"][ratio]["one-shot"] for r in rows]
-        spread = f" ± {statistics.stdev(gaps):.2f}" if len(gaps) > 1 else ""
-        return f"{statistics.mean(gaps):+.2f}{spread}"
+        return mean_std([r["ratios"][ratio]["iterative"] - r["ratios"][ratio]["one-shot"] for r in rows], signed=True)
 
     lines = [
         "# Iterative pruning vs one shot, same widths and fine-tuning epochs",
@@ -120,14 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.finetune_epochs % args.steps:
         ap.error("--finetune-epochs must be a multiple of --steps (the same epochs for both methods)")
-    train = load_dataset("digits", split="train", seed=0)
-    bn_train = load_dataset("digits", split="train", augment=False)
-    test = load_dataset("digits", split="test")
-    start = time.perf_counter()
-    rows = [run_seed(seed, args, train, bn_train, test) for seed in range(args.seeds)]
-    text = markdown(rows, args, time.perf_counter() - start)
-    print(text)
-    write_text_atomic(args.out, text + "\n")
+    run_on_digits(run_seed, markdown, args)
 
 
 if __name__ == "__main__":

@@ -45,12 +45,30 @@ def top1_with_own_statistics(net, bn_train, test, bn_images: int) -> float:
     return 100.0 * evaluate(net, test, device="cpu")[1]
 
 
-def run_seed(seed: int, args, train, bn_train, test) -> dict:
+def trained_resnet20(seed: int, epochs: int, train, test):
+    """The baseline every digits bench starts from: a ResNet-20 trained from scratch, in eval mode."""
     torch.manual_seed(seed)
     base = get_model("resnet20", num_classes=10)
-    finetune(base, train, test, epochs=args.epochs, lr=0.1, schedule="cosine", batch_size=64, seed=seed,
+    finetune(base, train, test, epochs=epochs, lr=0.1, schedule="cosine", batch_size=64, seed=seed,
              progress=False, device="cpu")
-    base.eval()
+    return base.eval()
+
+
+def run_on_digits(run_seed, markdown, args) -> None:
+    """``run_seed(seed, args, train, bn_train, test)`` for every seed, then ``markdown``'s table: printed and
+    written to ``args.out``."""
+    train = load_dataset("digits", split="train", seed=0)
+    bn_train = load_dataset("digits", split="train", augment=False)
+    test = load_dataset("digits", split="test")
+    start = time.perf_counter()
+    rows = [run_seed(seed, args, train, bn_train, test) for seed in range(args.seeds)]
+    text = markdown(rows, args, time.perf_counter() - start)
+    print(text)
+    write_text_atomic(args.out, text + "\n")
+
+
+def run_seed(seed: int, args, train, bn_train, test) -> dict:
+    base = trained_resnet20(seed, args.epochs, train, test)
     score = lambda net: top1_with_own_statistics(net, bn_train, test, args.bn_images)  # noqa: E731
     scan = fxprune.sensitivity(base, score, X, criterion="l1", ratios=args.ratios)
     ratios = scan.ratios(args.max_drop)
@@ -75,11 +93,15 @@ def run_seed(seed: int, args, train, bn_train, test) -> dict:
     return row
 
 
+def mean_std(values: list[float], signed: bool = False) -> str:
+    """``mean ± sample std`` over seeds (the mean alone for one seed)."""
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):{'+' if signed else ''}.2f}{spread}"
+
+
 def markdown(rows: list[dict], args, seconds: float) -> str:
     def cell(key: str, name: str) -> str:
-        values = [r[key][name] for r in rows]
-        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.2f}{spread}"
+        return mean_std([r[key][name] for r in rows])
 
     lines = [
         "# Sensitivity-guided ratios vs one ratio for all, at the same MACs",
@@ -114,15 +136,7 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=1.0)
     ap.add_argument("--bn-images", type=int, default=512)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "sensitivity.md"))
-    args = ap.parse_args()
-    train = load_dataset("digits", split="train", seed=0)
-    bn_train = load_dataset("digits", split="train", augment=False)
-    test = load_dataset("digits", split="test")
-    start = time.perf_counter()
-    rows = [run_seed(seed, args, train, bn_train, test) for seed in range(args.seeds)]
-    text = markdown(rows, args, time.perf_counter() - start)
-    print(text)
-    write_text_atomic(args.out, text + "\n")
+    run_on_digits(run_seed, markdown, ap.parse_args())
 
 
 if __name__ == "__main__":
