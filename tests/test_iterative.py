@@ -34,6 +34,14 @@ def test_steps_reach_the_one_shot_widths_and_the_composed_plan_is_the_originals(
         assert torch.equal(rebuilt(X), small(X))
 
 
+def test_a_ratio_dict_reaches_the_one_shot_widths_group_by_group(model):
+    """Per-layer ratios (a sensitivity scan's, a paper's config): each group's own ratio, in steps."""
+    ratios = {"layer1.*.conv1": 0.5, "layer3.*.conv1": 0.75, "layer2.0.conv2": 0.25}
+    small = fxprune.prune_iteratively(model, X, ratio=ratios, steps=2)
+    assert _widths(small) == _widths(fxprune.prune(model, X, criterion="l1", ratio=ratios))
+    assert _widths(small) != _widths(model) and fxprune.verify(model, small, X) <= 1e-5
+
+
 def test_later_steps_score_the_weights_fine_tuning_left(model):
     """A step scores the current weights: filters the 'fine-tuning' zeroed go next."""
     layer = "layer1.0.conv1"  # its output channels are its own group (conv1 -> bn1 -> relu1 -> conv2)
@@ -64,7 +72,8 @@ def test_a_flops_budget_in_steps_lands_on_the_original_target(model):
     ({"steps": 0, "ratio": 0.5}, "steps must be a positive int"),
     ({"ratio": [0.3, 0.2]}, "increasing"),
     ({"steps": 3, "ratio": [0.2, 0.4]}, "steps=3 but 2"),
-    ({"steps": 2, "ratio": {"conv1": 0.5}}, "not a dict"),
+    ({"steps": 2, "flops_reduction": {"conv1": 0.5}}, "not a dict"),
+    ({"steps": 2, "ratio": {"no_such_layer": 0.5}}, "matches no module"),
     ({"steps": 2, "flops_reduction": 1.5}, "flops_reduction must be a fraction"),
     ({"steps": 2, "ratio": 1.0}, "ratio"),
 ])
