@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from passes.budget import conv_linear_macs
-from passes.dependency import PRODUCER_KINDS, Analysis
+from passes.dependency import Analysis
 from passes.errors import PlanError
-from passes.plan import Plan
+from passes.plan import Plan, kept_from_plan, member_key
 from passes.select import check_ratio, kept_count, resolve_ratios
 
 __all__ = ["prune_iteratively"]
@@ -53,23 +54,21 @@ def prune_iteratively(model: nn.Module, example_inputs=None, *, steps: int | Non
     fractions, final = _schedule(budget, steps, kind)
     analysis_options = {k: prune_options[k] for k in ("leaf_modules", "strict", "ignore") if k in prune_options}
     original = analyze(model, example_inputs, **analysis_options)
-    final_ratios = resolve_ratios(original, final) if kind == "ratio" else None
+    # where the steps stand, as kept classes of the original's groups: read from the composed plan, not
+    # from another trace of the current model
+    kept: dict[int, np.ndarray] = {}
+    step_budget = _budget_steps(kind, final, original, prune_options.get("global_ratio", False))
     current, plans = model, []
     for step, fraction in enumerate(fractions, 1):
-        now = analyze(current, example_inputs, **analysis_options) if step > 1 else original
-        if kind == "flops_reduction":
-            step_budget = _flops_step(final * fraction, original, now)
-        elif prune_options.get("global_ratio", False):
-            step_budget = _global_step(final * fraction, original, now)
-        else:
-            step_budget = _ratio_step(final_ratios, fraction, original, now)
-        current = prune(current, example_inputs, **step_budget, **prune_options)
+        current = prune(current, example_inputs, **step_budget(fraction, kept), **prune_options)
         plans.append(current.meta["fxprune.plan"])
+        composed = _composed(plans)
+        kept = kept_from_plan(original, composed)
         if finetune is not None:
             finetune(current, step)
     current.meta["fxprune.steps"] = plans
     recorded = {kind: list(budget) if isinstance(budget, (list, tuple)) else budget, "steps": len(fractions)}
-    current.meta["fxprune.plan"] = _composed(plans, {**recorded, **_recorded(plans[-1].options)})
+    current.meta["fxprune.plan"] = Plan(composed.modules, composed.groups, {**recorded, **_recorded(plans[-1].options)})
     return current
 
 
@@ -101,31 +100,30 @@ def _check_budget(value, kind: str) -> float:
     return float(value)
 
 
-def _flops_step(target: float, original: Analysis, now: Analysis) -> dict:
-    """The FLOPs reduction that takes the current model to ``1 - target`` of the original's MACs."""
-    remaining = (1.0 - target) * conv_linear_macs(original, {}) / conv_linear_macs(now, {})
-    return {"flops_reduction": 1.0 - remaining}
+def _budget_steps(kind: str, final, original: Analysis, global_ratio: bool) -> Callable[[float, dict], dict]:
+    """``(fraction, kept) -> prune() budget`` that takes the model ``kept`` describes (classes of the original's
+    groups) to ``fraction`` of the final budget, stated against the original."""
+    def classes(gi: int, kept: dict) -> int:
+        return len(kept[gi]) if gi in kept else original.groups[gi].n_classes
 
+    if kind == "flops_reduction":
+        before = conv_linear_macs(original, {})
+        return lambda fraction, kept: {
+            "flops_reduction": 1.0 - (1.0 - final * fraction) * before / conv_linear_macs(original, kept)}
+    prunable = [gi for gi, g in enumerate(original.groups) if not g.frozen]
+    if global_ratio:
+        total = sum(original.groups[gi].n_classes for gi in prunable)
+        return lambda fraction, kept: {"ratio": _ratio_for(sum(classes(gi, kept) for gi in prunable),
+                                                           max(1, int(total * (1.0 - final * fraction))))}
+    final_ratios = resolve_ratios(original, final)
+    keys = {gi: names[0] for gi in final_ratios if (names := original.producing_layers(original.groups[gi]))}
 
-def _global_step(target: float, original: Analysis, now: Analysis) -> dict:
-    """The global ratio that leaves ``int(total * (1 - target))`` of the original's prunable classes."""
-    total = sum(g.n_classes for g in original.groups if not g.frozen)
-    current = sum(g.n_classes for g in now.groups if not g.frozen)
-    return {"ratio": _ratio_for(current, max(1, int(total * (1.0 - target))))}
+    def per_group(fraction: float, kept: dict) -> dict:
+        wanted = {gi: kept_count(original.groups[gi].n_classes, final_ratios[gi] * fraction) for gi in keys}
+        return {"ratio": {keys[gi]: _ratio_for(classes(gi, kept), n) for gi, n in wanted.items()
+                          if n < classes(gi, kept)}}
 
-
-def _ratio_step(final_ratios: dict[int, float], fraction: float, original: Analysis, now: Analysis) -> dict:
-    """Per current group (keyed by a producing layer), the ratio that leaves the kept count a one-shot
-    ``prune`` at ``fraction`` of the group's final ratio gives on the original."""
-    ratios = {}
-    for name, classes in _first_producers(now).items():
-        groups = [gi for gi in original.member_groups(name, "out") if gi in final_ratios]
-        if not groups:
-            continue
-        wanted = kept_count(original.groups[groups[0]].n_classes, final_ratios[groups[0]] * fraction)
-        if wanted < classes:
-            ratios[name] = _ratio_for(classes, wanted)
-    return {"ratio": ratios}
+    return per_group
 
 
 def _ratio_for(n: int, wanted: int) -> float:
@@ -134,21 +132,11 @@ def _ratio_for(n: int, wanted: int) -> float:
     return 1.0 - (wanted + 0.5) / n
 
 
-def _first_producers(analysis: Analysis) -> dict[str, int]:
-    """One producing layer per prunable group (the key ``prune(ratio={key: r})`` sets it by), with its size."""
-    return {names[0]: g.n_classes for g in analysis.groups if not g.frozen and (names := _producers(analysis, g))}
-
-
-def _producers(analysis: Analysis, group) -> list[str]:
-    return [name for name, io in group.members
-            if io == "out" and name in analysis.roles and analysis.roles[name].kind in PRODUCER_KINDS]
-
-
 def _recorded(options: dict) -> dict:
     return {k: v for k, v in options.items() if k not in ("ratio", "flops_reduction")}
 
 
-def _composed(plans: list[Plan], options: dict) -> Plan:
+def _composed(plans: list[Plan]) -> Plan:
     """One plan relative to the first model from plans that each index the previous step's channels."""
     modules: dict[str, dict] = {}
     groups: dict[tuple, dict] = {}
@@ -157,11 +145,11 @@ def _composed(plans: list[Plan], options: dict) -> Plan:
             before = modules.get(name, {"in": None, "out": None})
             modules[name] = {side: _through(before[side], io.get(side)) for side in ("in", "out")}
         for g in p.groups:
-            key = tuple(sorted((str(m), str(s)) for m, s in g["members"]))
+            key = member_key(g["members"])
             before = groups.get(key)
             groups[key] = {**g, "keep": _through(before["keep"], g["keep"]), "channels": before["channels"]} \
                 if before is not None else dict(g)
-    return Plan(modules=modules, groups=list(groups.values()), options=options)
+    return Plan(modules=modules, groups=list(groups.values()))
 
 
 def _through(before: list[int] | None, step: list[int] | None) -> list[int] | None:

@@ -24,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from passes import criteria as _criteria
-from passes.dependency import PRODUCER_KINDS, Analysis
+from passes.dependency import Analysis
 from passes.errors import PlanError
 from passes.modes import eval_mode
 from passes.plan import make_plan
@@ -132,9 +132,7 @@ def _prunable_groups(analysis: Analysis) -> list[tuple[int, str]]:
     for gi, g in enumerate(analysis.groups):
         if g.frozen:
             continue
-        producers = [name for name, io in g.members
-                     if io == "out" and name in analysis.roles and analysis.roles[name].kind in PRODUCER_KINDS]
-        key = next((name for name in producers if set(resolve_ratios(analysis, {name: 0.5})) == {gi}), None)
+        key = next((name for name in analysis.producing_layers(g) if set(resolve_ratios(analysis, {name: 0.5})) == {gi}), None)
         if key is not None:
             out.append((gi, key))
     return out

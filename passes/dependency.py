@@ -162,6 +162,12 @@ class Analysis:
         """Prunable groups whose pruning only approximates the masked original (see ChannelGroup)."""
         return [i for i, g in enumerate(self.groups) if g.mixing and not g.frozen]
 
+    def producing_layers(self, group: ChannelGroup) -> list[str]:
+        """The conv/linear layers whose output channels lie in ``group``: the keys ``prune(ratio={name: r})``
+        sets it by."""
+        return [name for name, io in group.members
+                if io == "out" and name in self.roles and self.roles[name].kind in PRODUCER_KINDS]
+
     def member_groups(self, name: str, io: str) -> list[int]:
         return [i for i, g in enumerate(self.groups) if (name, io) in g.members]
 

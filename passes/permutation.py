@@ -62,22 +62,31 @@ def follow_channel_permutation(an, split: torch.fx.Node, src: torch.fx.Node, dim
 def _permuting_chain(an, split, src, dim) -> tuple[list[torch.fx.Node], np.ndarray] | None:
     """The chain from ``split`` to the node that holds ``src``'s channels permuted, and the permutation."""
     shape = tuple(an.shape(src))
-    if math.prod(shape) > _MAX_POSITIONS:
+    chain = _chain_back_to(an, split, shape)
+    if chain is None or math.prod(shape) > _MAX_POSITIONS:
         return None
     positions = torch.arange(math.prod(shape), dtype=torch.int32).reshape(shape)
-    chain, node, values = [], split, positions
-    for _ in range(_MAX_CHAIN):
+    values = positions
+    for node in chain:
         values = _run_move(an, node, values)
         if values is None:
             return None
-        chain.append(node)
-        if tuple(values.shape) == shape and len(chain) > 1:
-            order = _channel_order(positions, values, dim)
-            return (chain, order) if order is not None else None
-        users = list(node.users)
-        if len(users) != 1 or not _moves_values(users[0]) or users[0].args[0] is not node:
+    order = _channel_order(positions, values, dim)
+    return (chain, order) if order is not None else None
+
+
+def _chain_back_to(an, split: torch.fx.Node, shape: tuple) -> list[torch.fx.Node] | None:
+    """Data movement ops from ``split``, each the only user of the one before, up to the first one whose
+    output has ``shape`` again; None if the chain branches or does anything else first. Read from the graph
+    alone, so most splits (attention's heads, which go on into a matmul) cost no position ids."""
+    chain = [split]
+    while len(chain) <= _MAX_CHAIN:
+        if len(chain) > 1 and an.shape(chain[-1]) is not None and tuple(an.shape(chain[-1])) == shape:
+            return chain
+        users = list(chain[-1].users)
+        if len(users) != 1 or not _moves_values(users[0]) or users[0].args[0] is not chain[-1]:
             return None
-        node = users[0]
+        chain.append(users[0])
     return None
 
 

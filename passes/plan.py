@@ -16,7 +16,7 @@ import numpy as np
 from .dependency import Analysis
 from .errors import PlanError
 
-__all__ = ["Plan", "make_plan", "kept_mask", "module_positions"]
+__all__ = ["Plan", "make_plan", "kept_mask", "module_positions", "kept_from_plan", "member_key"]
 
 PLAN_VERSION = 1
 
@@ -60,7 +60,7 @@ class Plan:
 
     def kept_classes(self) -> dict[tuple, list[int]]:
         """Kept class indices by the group's member set (how a plan finds its groups again)."""
-        return {_member_key(g["members"]): g["keep"] for g in self.groups}
+        return {member_key(g["members"]): g["keep"] for g in self.groups}
 
     def __str__(self) -> str:
         lines = [f"Plan: {len(self.groups)} pruned groups, {len(self.modules)} modules change"]
@@ -71,7 +71,7 @@ class Plan:
         return "\n".join(lines)
 
 
-def _member_key(members) -> tuple:
+def member_key(members) -> tuple:
     return tuple(sorted((str(m), str(io)) for m, io in members))
 
 
@@ -131,7 +131,7 @@ def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], options: dict[str
 def kept_from_plan(analysis: Analysis, plan: Plan) -> dict[int, np.ndarray]:
     """Find each planned group in a fresh analysis of the model (by its members)."""
     wanted = plan.kept_classes()
-    by_key = {_member_key(g.members): gi for gi, g in enumerate(analysis.groups)}
+    by_key = {member_key(g.members): gi for gi, g in enumerate(analysis.groups)}
     kept = {}
     for key, k in wanted.items():
         gi = by_key.get(key)

@@ -71,7 +71,8 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray], plan: Plan, *,
         for edit in edits:
             edit(root, nodes[name], analysis, keep)
     unshare(root.modules(), deferred)  # after the edits: they may install new modules
-    _erase_unused_size_arithmetic(graph)
+    if analysis.edits or analysis.shape_edits:  # else nothing here left a size unread
+        _erase_unused_size_arithmetic(graph)
     if analysis.edits:
         graph.lint()  # rules changed nodes; otherwise the graph is the tracer's with new int constants
     gm = build_graph_module(root, graph, type(analysis.gm).__name__)  # generates the code once
