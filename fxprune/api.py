@@ -34,10 +34,15 @@ log = logging.getLogger(__name__)
 
 @gc_paused()
 def analyze(model: nn.Module, example_inputs=None, *, leaf_modules: Iterable = (), strict: bool = False,
-            ignore: Sequence[str] = ()) -> Analysis:
-    """Trace ``model`` and find its channel groups; ``print()`` the result for a readable summary."""
+            ignore: Sequence[str] = (), grouped_convs: str | dict = "auto") -> Analysis:
+    """Trace ``model`` and find its channel groups; ``print()`` the result for a readable summary.
+
+    ``grouped_convs``: how grouped (not depthwise) convs are pruned: ``"whole"`` groups go (the conv keeps
+    its width per group), ``"within"`` every group keeps the same positions (its width shrinks, as
+    Torch-Pruning does), ``"auto"`` whichever gives the conv more choices (a group wider than the number
+    of groups: within); or a dict {conv name: mode} (other convs: auto)."""
     gm, inputs = _trace(model, example_inputs, leaf_modules)
-    return _analyze(gm, inputs, strict=strict, ignore=tuple(ignore))
+    return _analyze(gm, inputs, strict=strict, ignore=tuple(ignore), grouped_convs=grouped_convs)
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -51,13 +56,15 @@ def _check_threshold(threshold: Any) -> float:
 def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio: float | dict | None = None,
          threshold: float | None = None, data: Iterable | None = None, round_to: int | None = None,
          ignore: Sequence[str] = (), leaf_modules: Iterable = (), strict: bool = False,
-         global_ratio: bool = False, flops_reduction: float | None = None, **criterion_options) -> Plan:
+         global_ratio: bool = False, flops_reduction: float | None = None, grouped_convs: str | dict = "auto",
+         **criterion_options) -> Plan:
     """Decide which channels every group keeps.
 
     criterion: a name from :func:`criteria` ("l1", "graph", ...). Budget, one of: ``ratio`` (float, or
     a dict {module glob: ratio}); ``ratio`` with ``global_ratio=True`` (ranked across groups);
     ``flops_reduction=f`` (conv+linear MACs fall by f); for "graph" alone, ``threshold`` (default 0.7).
     ``data``: calibration batches (inputs or (inputs, targets)) for data-driven criteria.
+    ``grouped_convs``: "auto", "whole" or "within" (see :func:`analyze`).
     """
     crit = _criteria.get(criterion)
     _criteria.check_options(crit, [*criterion_options, *(["threshold"] if threshold is not None else [])],
@@ -72,7 +79,8 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
         raise PlanError("give either ratio= or flops_reduction=, not both")
     if global_ratio and isinstance(ratio, dict):
         raise PlanError("global_ratio=True ranks all groups together: pass a single float ratio")
-    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules, strict=strict, ignore=ignore)
+    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules, strict=strict, ignore=ignore,
+                       grouped_convs=grouped_convs)
     options = {"criterion": criterion, "threshold": threshold if threshold is not None else 0.7, **criterion_options}
     ctx = _criteria.ScoringContext(analysis, data=data, options=options)
     if flops_reduction is not None or global_ratio:
@@ -88,6 +96,7 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
         "threshold": threshold,  # graph's alone; under a ratio or FLOPs budget it shapes the ranking
         "round_to": round_to,
         "strict": strict,
+        "grouped_convs": grouped_convs,
         "ignore": list(ignore),
         "input_shape": [list(x.shape) for x in analysis.inputs],
     }
@@ -161,7 +170,8 @@ def apply(model: nn.Module, plan: Plan, example_inputs=None, *, leaf_modules: It
         if example_inputs is None and plan.options.get("input_shape"):
             example_inputs = inputs_like(None, plan.options["input_shape"])
         analysis = analyze(model, example_inputs, leaf_modules=leaf_modules,
-                           strict=bool(plan.options.get("strict", False)))
+                           strict=bool(plan.options.get("strict", False)),
+                           grouped_convs=plan.options.get("grouped_convs", "whole"))  # older plans: whole groups
     kept = kept_from_plan(analysis, plan)
     fresh_plan = make_plan(analysis, kept, plan.options)
     if fresh_plan.modules != plan.modules:

@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, required=False)
     p.add_argument("--ignore", action="append", default=[],
                    help="module name, container (layer4) or glob to leave unpruned (repeatable)")
+    p.add_argument("--grouped-convs", choices=["auto", "whole", "within"], default="auto",
+                   help="grouped convs lose whole groups, or the same channels in every group (as Torch-Pruning); "
+                        "auto (default): whichever gives the conv more choices")
     p.add_argument("--recalibrate-bn", type=_positive, metavar="N",
                    help="after the check, re-measure BatchNorm statistics on N training images of --dataset")
     p.add_argument("--out", required=True, help="output folder")
@@ -271,7 +274,8 @@ def _cmd_prune(args) -> tuple[dict, str]:
              if args.dataset else None)
     source = _source(args)
     r = ex.prune_to_dir(source, args.criterion, _budget(args), args.out, data=calib,
-                        round_to=args.round_to, ignore=args.ignore, bn_data=_bn_data(args),
+                        round_to=args.round_to, ignore=args.ignore, grouped_convs=args.grouped_convs,
+                        bn_data=_bn_data(args),
                         bn_images=args.recalibrate_bn or 0)
     budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items()) or "default budget"
     data = f"calibration: {args.calib_samples} {args.dataset} training images" if calib else \

@@ -89,7 +89,7 @@ class Sensitivity:
 def sensitivity(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inputs=None, *,
                 criterion: str = "l1", ratios: Sequence[float] = (0.25, 0.5, 0.75), data: Iterable | None = None,
                 round_to: int | None = None, ignore: Sequence[str] = (), leaf_modules: Iterable = (),
-                strict: bool = False, **criterion_options) -> Sensitivity:
+                strict: bool = False, grouped_convs: str | dict = "auto", **criterion_options) -> Sensitivity:
     """Prune each prunable group alone at each of ``ratios`` and ``evaluate`` the compact model.
 
     Costs one evaluation per group and ratio (a ratio that removes no channel of a group is not
@@ -104,7 +104,8 @@ def sensitivity(model: nn.Module, evaluate: Callable[[nn.Module], float], exampl
         raise PlanError("ratios must hold at least one ratio in [0, 1)")
     crit = _criteria.get(criterion)
     _criteria.check_options(crit, criterion_options, _PLAN_KEYWORDS)
-    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules, strict=strict, ignore=ignore)
+    analysis = analyze(model, example_inputs, leaf_modules=leaf_modules, strict=strict, ignore=ignore,
+                       grouped_convs=grouped_convs)
     ctx = _criteria.ScoringContext(analysis, data=data, options={"criterion": criterion, **criterion_options})
     baseline = _measure(evaluate, model)
     rows = []

@@ -49,8 +49,7 @@ def conv_linear_macs(analysis: Analysis, kept: dict[int, np.ndarray]) -> int:
         n_out = int(keep[role.out_elems].sum())
         n_in = int(keep[role.in_elems].sum()) if role.in_elems is not None else _in_width(mod)
         if role.kind == "conv":
-            groups = mod.groups
-            per_group_in = n_in if groups == 1 else mod.in_channels // groups
+            per_group_in = _kept_inputs_per_group(mod, role, keep, n_in)
             positions = int(np.prod(out_shape[2:]))
             total += n_out * per_group_in * int(np.prod(mod.kernel_size)) * positions
         elif role.kind == "transposed":  # every input position meets every kernel tap
@@ -81,6 +80,17 @@ def _sequence_layer_macs(layer, kind: str, node, n_in: int) -> int:
     first = {"weight_ih_l0", "weight_ih_l0_reverse"}
     return steps * sum(w.shape[0] * (n_in if name in first else w.shape[1])
                        for name, w in layer.named_parameters(recurse=False) if w.dim() == 2)
+
+
+def _kept_inputs_per_group(conv, role, keep: np.ndarray, n_in: int) -> int:
+    """The inputs each output channel of a conv reads after pruning: whole groups go, or every group
+    keeps as many as the others. Without followed inputs (a functional grouped conv), a group's width."""
+    if conv.groups == 1:
+        return n_in
+    if role.in_elems is None:
+        return conv.in_channels // conv.groups
+    kept_groups = int(keep[role.out_elems].reshape(conv.groups, -1).any(axis=1).sum())
+    return n_in // max(kept_groups, 1)
 
 
 def _in_width(mod) -> int:

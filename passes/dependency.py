@@ -123,6 +123,8 @@ class Analysis:
     #: the (module, attribute) holders of each tied tensor: the rewrite ties their slices again
     shared: list[list[tuple[str, str]]] = field(default_factory=list)
     subsets: list[np.ndarray] = field(default_factory=list)
+    #: per grouped conv, how it is pruned: "whole" groups or "within" them (see op_rules.grouped_conv_mode)
+    grouped_modes: dict[str, str] = field(default_factory=dict)
     _class_positions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _per_class: dict[int, frozenset[int]] | None = field(default=None, repr=False, compare=False)
 
@@ -195,10 +197,12 @@ INPUT_SLICED = {"conv": ("weight",), "linear": ("weight",), "transposed": ("weig
 class Analyzer:
     """The walk over the graph; rules call its helpers to read layouts and record facts."""
 
-    def __init__(self, gm: torch.fx.GraphModule, rules, strict: bool = False):
+    def __init__(self, gm: torch.fx.GraphModule, rules, strict: bool = False, grouped_convs: str = "auto"):
         self.gm = gm
         self.rules = rules
         self.strict = strict
+        self.grouped_convs = grouped_convs  # a mode, or {conv name: mode} (see op_rules.grouped_conv_mode)
+        self.grouped_modes: dict[str, str] = {}  # per grouped conv, the mode it was pruned in
         self.uf = UnionFind()
         self.layouts: dict[torch.fx.Node, Any] = {}
         self.roles: dict[str, ModuleRole] = {}
@@ -373,12 +377,18 @@ def describe(node: torch.fx.Node) -> str:
     return f"{node.op} {t}"
 
 
-def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignore: tuple = ()) -> Analysis:
+def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignore: tuple = (),
+            grouped_convs: str = "auto") -> Analysis:
     """Run the dependency pass over a traced, shape-propagated GraphModule."""
     from . import op_rules
 
-    an = Analyzer(gm, op_rules.REGISTRY, strict=strict)
+    _check_grouped_convs(grouped_convs, op_rules.GROUPED_CONV_MODES)
+    an = Analyzer(gm, op_rules.REGISTRY, strict=strict, grouped_convs=grouped_convs)
     an.run()
+    if isinstance(grouped_convs, dict) and not set(grouped_convs) <= set(an.grouped_modes):
+        unknown = sorted(set(grouped_convs) - set(an.grouped_modes))
+        raise PlanError(f"grouped_convs names {', '.join(map(repr, unknown[:3]))}, which the graph does not call "
+                        f"as a grouped conv; grouped convs here: {', '.join(list(an.grouped_modes)[:5]) or 'none'}")
     _check_ignore(an, ignore)
     shared = shared_tensors(an.modules)
     for owners in shared:
@@ -400,7 +410,15 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
         edits=an.edits,
         subsets=an.subsets,
         shared=shared,
+        grouped_modes=an.grouped_modes,
     )
+
+
+def _check_grouped_convs(asked: Any, modes: tuple[str, ...]) -> None:
+    values = asked.values() if isinstance(asked, dict) else [asked]
+    if not all(isinstance(v, str) and v in modes for v in values):
+        raise PlanError(f"grouped_convs must be one of {', '.join(map(repr, modes))} (how grouped conv layers "
+                        f"are pruned), or a dict {{conv name: one of them}}; got {asked!r}")
 
 
 def shared_tensors(modules: dict[str, nn.Module]) -> list[list[tuple[str, str]]]:

@@ -124,8 +124,8 @@ def _channel_elems(an, node: torch.fx.Node, src: torch.fx.Node, dim: int, why: s
 # ---------------------------------------------------------------------------------------------
 @REGISTRY.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv_rule(an, node):
-    """Plain conv: new output elements. Grouped/depthwise conv: group g's inputs and outputs are
-    pruned as one unit (whole groups are removed), so the layer stays a valid grouped conv."""
+    """Plain conv: new output elements. Grouped/depthwise conv: pruned so it stays a valid grouped conv,
+    by whole groups or by the same positions within every group (:func:`_couple_conv_groups`)."""
     conv = an.module(node)
     shape = an.shape(node)
     src = node.args[0]
@@ -133,9 +133,36 @@ def conv_rule(an, node):
     out = an.fresh(conv.out_channels, 1, len(shape))
     out_elems = out.index.reshape(-1)
     if conv.groups > 1:
-        _unite_conv_groups(an, node, conv.groups, in_elems, out)
+        _couple_conv_groups(an, node, conv.groups, in_elems, out)
     an.record_module(node, "conv", in_elems, out_elems)
     return out
+
+
+#: ``grouped_convs=`` values: how a grouped (not depthwise) conv layer is pruned.
+GROUPED_CONV_MODES = ("auto", "whole", "within")
+
+
+def grouped_conv_mode(mode: str, groups: int, in_channels: int, out_channels: int) -> str:
+    """"whole" or "within" for one grouped conv. "auto" takes whichever offers more choices: within
+    groups when a group is wider (in and out) than there are groups (RegNet's early stages: 2 groups
+    of 16), whole groups otherwise (ResNeXt's 32 groups of 4, and depthwise convs: groups of 1)."""
+    if mode == "auto":
+        return "within" if min(in_channels, out_channels) // groups > groups else "whole"
+    return mode
+
+
+def _couple_conv_groups(an, node, g: int, in_elems: np.ndarray | None, out: Layout) -> None:
+    """Tie a grouped conv's channels so every group keeps as many inputs and outputs as the others."""
+    out_elems = out.index.reshape(-1)
+    asked = an.grouped_convs.get(node.target, "auto") if isinstance(an.grouped_convs, dict) else an.grouped_convs
+    mode = "whole" if in_elems is None else grouped_conv_mode(asked, g, len(in_elems), len(out_elems))
+    an.grouped_modes[node.target] = mode
+    if mode == "whole":
+        _unite_conv_groups(an, node, g, in_elems, out)
+        return
+    for elems in (in_elems, out_elems):  # position j of every group is one unit; inputs and outputs apart
+        per_group = elems.reshape(g, -1)
+        an.unify(np.broadcast_to(per_group[:1], per_group[1:].shape), per_group[1:])
 
 
 def _unite_conv_groups(an, node, g: int, in_elems: np.ndarray | None, out: Layout) -> None:
@@ -167,6 +194,7 @@ def functional_conv_rule(an, node):
         an.record_module(node, "conv", in_elems, out_elems, name=name)
         return out
     _unite_conv_groups(an, node, groups, in_elems, out)
+    an.grouped_modes[name] = "whole"  # its weight's input width per group stays: whole groups only
     an.record_module(node, "conv", None, out_elems, name=name)
     an.add_edit(node, functools.partial(_rewrite_count_arg, elems=out_elems, index=6, name="groups",
                                         per=n_out // groups))

@@ -200,27 +200,38 @@ def _shrink_conv(name: str, conv: nn.Module, keep_in, keep_out) -> None:
         _install(conv, "weight", lambda w: _take_rows_cols(w, keep_out, keep_in))
         new_groups = 1
     else:
-        new_groups = _kept_groups(name, conv, keep_in, keep_out)
-        _install(conv, "weight", lambda w: _take(w, 0, keep_out))
+        new_groups, local_in = _kept_groups(name, conv, keep_in, keep_out)
+        _install(conv, "weight", lambda w: _take_grouped(w, keep_out, local_in))
     _install(conv, "bias", lambda b: _take(b, 0, keep_out))
     conv.in_channels = len(keep_in) if keep_in is not None else conv.in_channels
     conv.out_channels = len(keep_out) if keep_out is not None else conv.out_channels
     conv.groups = new_groups
 
 
-def _kept_groups(name: str, conv, keep_in, keep_out) -> int:
-    """Whole groups are pruned: check that, and return how many groups remain."""
+def _kept_groups(name: str, conv, keep_in, keep_out) -> tuple[int, np.ndarray]:
+    """How many groups a grouped conv keeps (those with outputs left), and the positions within a group
+    of the inputs each kept group keeps: whole groups go, or every group keeps the same positions
+    (the analysis ties them so); any other plan has no grouped conv to become."""
     g = conv.groups
     ins = np.zeros(conv.in_channels, dtype=bool)
     outs = np.zeros(conv.out_channels, dtype=bool)
     ins[slice(None) if keep_in is None else keep_in] = True
     outs[slice(None) if keep_out is None else keep_out] = True
     gin, gout = ins.reshape(g, -1), outs.reshape(g, -1)
-    whole = gin.all(axis=1) & gout.all(axis=1)
-    partial = np.flatnonzero((gin.any(axis=1) | gout.any(axis=1)) & ~whole)
-    if len(partial):
-        raise PlanError(f"grouped conv '{name}': group {int(partial[0])} would be pruned partially")
-    return int(whole.sum())
+    kept = gout.any(axis=1)
+    same = (gin[kept] == gin[kept][:1]).all() and (gout[kept] == gout[kept][:1]).all() and not gin[~kept].any()
+    if not same:
+        raise PlanError(f"grouped conv '{name}' would keep different channels in its groups (kept inputs per "
+                        f"group {gin.sum(axis=1).tolist()}, outputs {gout.sum(axis=1).tolist()}): only whole "
+                        "groups, or the same positions in every group, can be removed")
+    return int(kept.sum()), np.flatnonzero(gin[kept][0])
+
+
+def _take_grouped(w: torch.Tensor, rows: np.ndarray | None, local_in: np.ndarray) -> torch.Tensor:
+    """A grouped conv's weight (out, inputs per group, k...) keeping ``rows`` and the inputs at
+    ``local_in`` within each group."""
+    w = _take(w, 0, rows)
+    return w if len(local_in) == w.shape[1] else _take(w, 1, local_in)
 
 
 def _shrink_linear(lin: nn.Module, keep_in, keep_out) -> None:

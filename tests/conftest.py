@@ -63,6 +63,8 @@ def assert_slices(original: nn.Module, small: nn.Module) -> int:
                 w = w[out]
             if io["in"] is not None and (isinstance(o, nn.Linear) or o.groups == 1):
                 w = w[:, io["in"]]
+            elif io["in"] is not None:  # grouped: per output row, the kept inputs of its group, within it
+                w = _grouped_slice(o, w, io["in"], range(o.out_channels) if out is None else out)
             assert torch.equal(w, s.weight.detach()), f"{name}: not the original's slice"
             if o.bias is not None:
                 b = o.bias.detach() if out is None else o.bias.detach()[out]
@@ -74,6 +76,12 @@ def assert_slices(original: nn.Module, small: nn.Module) -> int:
                     assert torch.equal(a.detach()[out], getattr(s, attr).detach()), f"{name}.{attr}"
         checked += 1
     return checked
+
+
+def _grouped_slice(conv: nn.Conv2d, rows: torch.Tensor, keep_in, kept_out) -> torch.Tensor:
+    per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    local = [[i % per_in for i in keep_in if i // per_in == o // per_out] for o in kept_out]
+    return torch.stack([row[cols] for row, cols in zip(rows, local)])
 
 
 def prune_and_check(model: nn.Module, x: torch.Tensor, rtol: float = 1e-5, **kwargs):

@@ -271,3 +271,14 @@ def test_recalibrate_bn_without_a_dataset_exits_2(work):
                "--out", work / "nope", expect=2)
     assert "--recalibrate-bn needs --dataset" in proc.stderr
     assert not (work / "nope").exists()
+
+
+def test_prune_grouped_convs_within(work):
+    """--grouped-convs reaches the plan: RegNet's grouped convs keep every group, narrower."""
+    out = work / "regnet"
+    cli("prune", "--model", "regnet_x_400mf", "--input-size", "64", "--num-classes", "10", "--criterion", "l1",
+        "--ratio", "0.3", "--grouped-convs", "within", "--out", out, "--json")
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["options"]["grouped_convs"] == "within"
+    conv = fxprune.load(out / "saved").get_submodule("trunk_output.block4.block4-0.f.b.0")
+    assert (conv.groups, conv.in_channels) == (25, 25 * int(16 * 0.7))

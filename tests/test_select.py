@@ -129,7 +129,8 @@ def test_unmatched_modules_are_not_pruned():
 
 
 def test_round_to_counts_channels_not_conv_groups():
-    """A grouped conv's unit is a whole group (8 channels here): round_to=8 must not round to 8 groups."""
+    """A grouped conv's class holds several channels (a whole group of 16, or one position in each of 2-10
+    groups): round_to=8 counts channels, not classes."""
     import torchvision
 
     model = randomize(torchvision.models.regnet_x_400mf())

@@ -19,15 +19,14 @@ densenet121         120 = 120; 120 equal                 identical (4,074,155 / 
 mobilenet_v2        25 = 25; 52 equal                    identical (2,004,202 / 13,223,612)
 efficientnet_b0     40 = 40; 81 equal                    identical (2,899,213 / 17,168,188)
 googlenet           57 = 57; 57 equal                    identical (3,439,513 / 61,759,668) [3]
-regnet_y_400mf      37 vs 53; 37 equal, 48 merged [2]    fxprune +12.55% params, +17.00% MACs [2]
+regnet_y_400mf      53 = 53; 85 equal [2]                identical (2,012,838 / 14,912,146) [2]
 ==================  ===================================  =============================================
 
 (layers: conv/linear layers in both graphs, the classifier [1] not counted.)
 
 Beyond the member sets, the index-level partition is compared too (``test_channel_partition``):
 every channel of every conv/linear/bn member, grouped by the class it is pruned with, taking TP's
-groups over all of a layer's output indices. It is the same partition in all six models (regnet's
-after the grouped-conv join below). That covers the DenseNet concat case: TP maps a layer's
+groups over all of a layer's output indices. It is the same partition in all six models. That covers the DenseNet concat case: TP maps a layer's
 channels to *the index range they occupy* in every later concatenation (``norm1`` of each later
 dense layer, the transition), while fxprune makes one group per producing layer whose members are
 those later modules, at those same positions. So a later ``norm1`` is a member of many groups in
@@ -39,19 +38,12 @@ Differences, each asserted below with its cause:
    group (its channels reach the graph output); TP would prune it unless told, so it gets
    ``ignored_layers=[classifier]``. That is the only frozen fxprune group with a producer in any of
    the six models, and the only TP group left uncompared.
-2. **Grouped (non-depthwise) convs, regnet_y_400mf** (group width 8): fxprune unites the input and
-   output channels of each conv group into one class, pruning whole conv groups (the conv stays a
-   valid grouped conv with the same width per group). TP's DependencyGraph does not couple a grouped
-   conv's in- and out-channels: the producer ``f.a`` reaches ``f.b.in`` only, and ``f.b``'s output
-   group starts at ``f.b.out``. So each of the 16 grouped convs' fxprune groups is exactly the union
-   of two TP groups (TP's ``get_all_groups``: 53 groups = fxprune's 37 prunable + 16 merged; the 48
-   layers of those groups differ, as proper subsets), and the index partition equals TP's after
-   joining each conv group's in/out channels.
-   At ratio 0.3 this changes the result: TP keeps all G conv groups and prunes inside them
-   (``in/out_channel_groups``: ``int(8 * 0.7) = 5`` channels per group, 62.5% of the width), fxprune
-   keeps ``int(G * 0.7)`` whole groups of 8 (4/6 = 66.7% .. 38/55 = 69.1%). Every other layer's
-   widths are identical, so fxprune's model is larger: +12.55% params, +17.00% conv+linear MACs
-   (asserted to +-0.5 points, with the per-layer widths asserted exactly).
+2. **Grouped (non-depthwise) convs, regnet_y_400mf** (group width 8) are analyzed with
+   ``grouped_convs="within"``, Torch-Pruning's way: every conv group keeps the same positions, and a
+   grouped conv's input and output channels are pruned apart. fxprune's default (``"auto"``) prunes
+   a grouped conv that has more groups than channels per group by whole groups instead (finer steps:
+   regnet_y_400mf's later stages have 13-55 groups of 8), uniting a group's inputs and outputs into
+   one class; ``tests/test_grouped_convs.py`` checks those modes.
 3. **GoogLeNet's auxiliary heads** (``aux_logits=True``, the default): train-only, so neither tool
    traces them in eval. TP leaves ``aux1``/``aux2`` in the model unpruned (with stale input widths:
    the pruned model fails in train mode), fxprune's GraphModule holds only the modules of the traced
@@ -92,9 +84,8 @@ MODELS = {
     "regnet_y_400mf": {},
     "googlenet": {"aux_logits": False, "init_weights": True},
 }
-#: models whose groups and counts differ because of grouped convs (difference 2), with the measured
-#: relative difference (fxprune - TP) / TP of (params, conv+linear MACs) at RATIO
-GROUPED_CONV_DIFF = {"regnet_y_400mf": (0.1255, 0.1700)}
+#: fxprune options per model (difference 2)
+OPTIONS = {"regnet_y_400mf": {"grouped_convs": "within"}}
 KINDS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
@@ -105,7 +96,7 @@ def _setup(name: str):
         warnings.simplefilter("ignore")
         model = torchvision.models.get_model(name, weights=None, **MODELS[name]).eval()
         x = torch.randn(1, 3, SIZE, SIZE)
-        analysis = fxprune.analyze(model, x)
+        analysis = fxprune.analyze(model, x, **OPTIONS.get(name, {}))
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     return model, x, analysis, dg
 
@@ -164,14 +155,13 @@ def test_channel_groups(name):
     """Per layer: TP's output-channel group == fxprune's, as (module, in|out) member sets."""
     model, _, analysis, dg = _setup(name)
     names = {m: n for n, m in model.named_modules()}
-    grouped = {n for n, m in model.named_modules() if _is_grouped(m)}
     fx_sets = [_fx_members(model, g) for g in analysis.groups]
 
     frozen_producers = {n for g in analysis.groups if g.frozen for n, io in g.members
                         if io == "out" and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))}
     assert frozen_producers == {_classifier(model)}, "difference 1: only the classifier is frozen"
 
-    mismatches, unions, tp_sets_of = [], {}, {}
+    mismatches = []
     compared = 0
     for lname, layer in _layers(model, dg):
         tp_set = frozenset((n, io) for n, io, _, _ in _tp_items(dg, _tp_group(dg, layer, [0]), names))
@@ -181,11 +171,7 @@ def test_channel_groups(name):
         if analysis.groups[gi].frozen:
             continue  # the classifier (difference 1)
         compared += 1
-        if any(n in grouped for n, _ in fx_sets[gi]):  # difference 2: a proper part of fxprune's group
-            assert tp_set < fx_sets[gi], lname
-            unions[gi] = unions.get(gi, frozenset()) | tp_set
-            tp_sets_of.setdefault(gi, set()).add(tp_set)
-        elif tp_set != fx_sets[gi]:
+        if tp_set != fx_sets[gi]:
             mismatches.append((lname, sorted(fx_sets[gi] - tp_set)[:4], sorted(tp_set - fx_sets[gi])[:4]))
     assert not mismatches, f"{len(mismatches)} groups differ (layer, only fxprune, only TP): {mismatches[:3]}"
 
@@ -196,13 +182,8 @@ def test_channel_groups(name):
     assert producers == set(prunable)
     assert compared >= len(prunable)
 
-    # grouped convs: fxprune's group is exactly the union of TP's groups it merges
-    for gi, u in unions.items():
-        assert u == fx_sets[gi], analysis.groups[gi]
-    assert bool(unions) == (name in GROUPED_CONV_DIFF), "difference 2 is listed for exactly these models"
-    merged = sum(len(s) - 1 for s in tp_sets_of.values())
     tp_groups = list(dg.get_all_groups(ignored_layers=[model.get_submodule(_classifier(model))]))
-    assert len(tp_groups) == len(prunable) + merged
+    assert len(tp_groups) == len(prunable)
 
 
 class _UnionFind:
@@ -236,17 +217,14 @@ def test_channel_partition(name):
         for n, io, r, j in _tp_items(dg, _tp_group(dg, layer, list(range(n_out))), names):
             uf.union((n, io, j), ("root", lname, r))
     elements = [e for e in uf.parent if e[0] != "root"]
-    # difference 2: fxprune prunes a grouped conv's channel groups whole (in and out together)
+    # difference 2: TP's pruner removes the same positions in every conv group (its in/out_channel_groups);
+    # its DependencyGraph leaves each index apart, so the positions are joined here as fxprune's classes join them
     for n, m in model.named_modules():
         if _is_grouped(m) and m in dg.module2node:
-            w_in, w_out = m.in_channels // m.groups, m.out_channels // m.groups
-            for k in range(m.groups):
-                first = (n, "in", k * w_in)
-                for j in range(k * w_in, (k + 1) * w_in):
-                    uf.union((n, "in", j), first)
-                for j in range(k * w_out, (k + 1) * w_out):
-                    uf.union((n, "out", j), first)
-
+            for io, width in (("in", m.in_channels), ("out", m.out_channels)):
+                per_group = width // m.groups
+                for j in range(width):
+                    uf.union((n, io, j), (n, io, j % per_group))
     def fx_class(n, io, j):
         role = analysis.roles[n]
         return int(analysis.root_of[(role.in_elems if io == "in" else role.out_elems)[j]])
@@ -287,39 +265,18 @@ def _widths(model) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_l1_prune_counts(name):
-    """Same l1 ratio: same widths, params and conv+linear MACs (regnet: the grouped-conv difference)."""
-    model, x, analysis, _ = _setup(name)
-    small = fxprune.prune(model, x, criterion="l1", ratio=RATIO)
+    """Same l1 ratio: same widths, params and conv+linear MACs."""
+    model, x, _, _ = _setup(name)
+    small = fxprune.prune(model, x, criterion="l1", ratio=RATIO, **OPTIONS.get(name, {}))
     theirs = _tp_prune(model, x)
     ours_w, theirs_w = _widths(small), _widths(theirs)
 
-    # difference 2: expected widths of the channels fxprune prunes in whole conv groups
-    expected_ours, expected_theirs = {}, {}
-    for n, m in model.named_modules():
-        if _is_grouped(m):
-            w = m.out_channels // m.groups
-            ours, tps = kept_count(m.groups, RATIO) * w, m.groups * int(w * (1 - RATIO))
-            gi = analysis.member_groups(n, "out")[0]
-            for member, io in analysis.groups[gi].members:
-                if member in ours_w:
-                    k = 0 if io == "in" else 1
-                    expected_ours[(member, k)], expected_theirs[(member, k)] = ours, tps
-    assert bool(expected_ours) == (name in GROUPED_CONV_DIFF)
     for n in ours_w:
-        for k in (0, 1):
-            if (n, k) in expected_ours:
-                assert (ours_w[n][k], theirs_w[n][k]) == (expected_ours[(n, k)], expected_theirs[(n, k)]), n
-            else:
-                assert ours_w[n][k] == theirs_w[n][k], f"{n}: fxprune {ours_w[n]}, TP {theirs_w[n]}"
+        assert ours_w[n] == theirs_w[n], f"{n}: fxprune {ours_w[n]}, TP {theirs_w[n]}"
 
     a, b = count(small, x), count(theirs, x)
-    d_params = (a.params - b.params) / b.params
-    d_macs = (a.macs_conv_linear - b.macs_conv_linear) / b.macs_conv_linear
-    want = GROUPED_CONV_DIFF.get(name, (0.0, 0.0))
-    tol = 0.005 if name in GROUPED_CONV_DIFF else 0.01
-    assert abs(d_params - want[0]) <= tol, f"params: fxprune {a.params}, TP {b.params} ({d_params:+.2%})"
-    assert abs(d_macs - want[1]) <= tol, (
-        f"MACs: fxprune {a.macs_conv_linear}, TP {b.macs_conv_linear} ({d_macs:+.2%})")
+    assert (a.params, a.macs_conv_linear) == (b.params, b.macs_conv_linear), (
+        f"fxprune {a.params} params, {a.macs_conv_linear} MACs; TP {b.params}, {b.macs_conv_linear}")
 
 
 def test_googlenet_aux_heads():
