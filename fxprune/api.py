@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 
 @gc_paused()
 def analyze(model: nn.Module, example_inputs=None, *, leaf_modules: Iterable = (), strict: bool = False,
-            ignore: Sequence[str] = (), grouped_convs: str | dict = "auto") -> Analysis:
+            ignore: Sequence[str] = (), grouped_convs: str | dict = "whole") -> Analysis:
     """Trace ``model`` and find its channel groups; ``print()`` the result for a readable summary.
 
-    ``grouped_convs``: how grouped (not depthwise) convs are pruned: ``"whole"`` groups go (the conv keeps
-    its width per group), ``"within"`` every group keeps the same positions (its width shrinks, as
-    Torch-Pruning does), ``"auto"`` whichever gives the conv more choices (a group wider than the number
-    of groups: within); or a dict {conv name: mode} (other convs: auto)."""
+    ``grouped_convs``: how grouped (not depthwise) convs are pruned: ``"whole"`` (default) groups go (the
+    conv keeps its width per group), ``"within"`` every group keeps the same positions (its width shrinks,
+    as Torch-Pruning does), ``"auto"`` whichever gives the conv more choices (a group wider than the
+    number of groups: within); or a dict {conv name: mode} (other convs: whole)."""
     gm, inputs = _trace(model, example_inputs, leaf_modules)
     return _analyze(gm, inputs, strict=strict, ignore=tuple(ignore), grouped_convs=grouped_convs)
 
@@ -56,7 +56,7 @@ def _check_threshold(threshold: Any) -> float:
 def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio: float | dict | None = None,
          threshold: float | None = None, data: Iterable | None = None, round_to: int | None = None,
          ignore: Sequence[str] = (), leaf_modules: Iterable = (), strict: bool = False,
-         global_ratio: bool = False, flops_reduction: float | None = None, grouped_convs: str | dict = "auto",
+         global_ratio: bool = False, flops_reduction: float | None = None, grouped_convs: str | dict = "whole",
          **criterion_options) -> Plan:
     """Decide which channels every group keeps.
 
@@ -64,7 +64,7 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
     a dict {module glob: ratio}); ``ratio`` with ``global_ratio=True`` (ranked across groups);
     ``flops_reduction=f`` (conv+linear MACs fall by f); for "graph" alone, ``threshold`` (default 0.7).
     ``data``: calibration batches (inputs or (inputs, targets)) for data-driven criteria.
-    ``grouped_convs``: "auto", "whole" or "within" (see :func:`analyze`).
+    ``grouped_convs``: "whole", "within" or "auto" (see :func:`analyze`).
     """
     crit = _criteria.get(criterion)
     _criteria.check_options(crit, [*criterion_options, *(["threshold"] if threshold is not None else [])],

@@ -163,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, required=False)
     p.add_argument("--ignore", action="append", default=[],
                    help="module name, container (layer4) or glob to leave unpruned (repeatable)")
-    p.add_argument("--grouped-convs", choices=["auto", "whole", "within"], default="auto",
-                   help="grouped convs lose whole groups, or the same channels in every group (as Torch-Pruning); "
-                        "auto (default): whichever gives the conv more choices")
+    p.add_argument("--grouped-convs", choices=["whole", "within", "auto"], default="whole",
+                   help="grouped convs lose whole groups (default), or the same channels in every group (as "
+                        "Torch-Pruning); auto: whichever gives the conv more choices")
     p.add_argument("--recalibrate-bn", type=_positive, metavar="N",
                    help="after the check, re-measure BatchNorm statistics on N training images of --dataset")
     p.add_argument("--out", required=True, help="output folder")

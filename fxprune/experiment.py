@@ -366,14 +366,14 @@ class Budget:
 
 
 def prune_model(model: nn.Module, x: torch.Tensor, criterion: str, budget: Budget, data=None,
-                round_to: int | None = None, ignore=(), grouped_convs: str = "auto") -> torch.fx.GraphModule:
+                round_to: int | None = None, ignore=(), grouped_convs: str = "whole") -> torch.fx.GraphModule:
     """fxprune.prune with the budget's keywords."""
     return fxprune.prune(model, x, criterion=criterion, data=data, round_to=round_to, ignore=tuple(ignore),
                          grouped_convs=grouped_convs, **budget.kwargs())
 
 
 def _prune_and_measure(source: ModelSource, criterion: str, budget: Budget, data, round_to, ignore,
-                       grouped_convs: str = "auto"):
+                       grouped_convs: str = "whole"):
     """Prune, check masked equivalence, count: the shared core of `prune` and experiments."""
     _require_fx(source, "prune")
     x = example_input(source.input_size)
@@ -393,7 +393,7 @@ def _verification_images(data, fallback: torch.Tensor, count: int = 16) -> torch
 
 
 def prune_to_dir(source: ModelSource, criterion: str, budget: Budget, out, *, data=None,
-                 round_to: int | None = None, ignore=(), grouped_convs: str = "auto", bn_data=None,
+                 round_to: int | None = None, ignore=(), grouped_convs: str = "whole", bn_data=None,
                  bn_images: int = 0) -> dict:
     """Prune ``source`` and write model.pt, plan.json, report.json, saved/ and meta.json to ``out``.
 

@@ -55,7 +55,7 @@ def prune_iteratively(model: nn.Module, example_inputs=None, *, steps: int | Non
     analysis_options = {k: prune_options[k] for k in ("leaf_modules", "strict", "ignore", "grouped_convs")
                         if k in prune_options}
     original = analyze(model, example_inputs, **analysis_options)
-    # each grouped conv stays in the mode it got on the original ("auto" could choose another on a narrower conv)
+    # each grouped conv stays in the mode it got on the original (auto could choose another on a narrower conv)
     prune_options = {**prune_options, "grouped_convs": original.grouped_modes}
     # where the steps stand, as kept classes of the original's groups: read from the composed plan, not
     # from another trace of the current model

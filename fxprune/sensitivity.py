@@ -89,7 +89,7 @@ class Sensitivity:
 def sensitivity(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inputs=None, *,
                 criterion: str = "l1", ratios: Sequence[float] = (0.25, 0.5, 0.75), data: Iterable | None = None,
                 round_to: int | None = None, ignore: Sequence[str] = (), leaf_modules: Iterable = (),
-                strict: bool = False, grouped_convs: str | dict = "auto", **criterion_options) -> Sensitivity:
+                strict: bool = False, grouped_convs: str | dict = "whole", **criterion_options) -> Sensitivity:
     """Prune each prunable group alone at each of ``ratios`` and ``evaluate`` the compact model.
 
     Costs one evaluation per group and ratio (a ratio that removes no channel of a group is not

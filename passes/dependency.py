@@ -197,7 +197,7 @@ INPUT_SLICED = {"conv": ("weight",), "linear": ("weight",), "transposed": ("weig
 class Analyzer:
     """The walk over the graph; rules call its helpers to read layouts and record facts."""
 
-    def __init__(self, gm: torch.fx.GraphModule, rules, strict: bool = False, grouped_convs: str = "auto"):
+    def __init__(self, gm: torch.fx.GraphModule, rules, strict: bool = False, grouped_convs: str = "whole"):
         self.gm = gm
         self.rules = rules
         self.strict = strict
@@ -378,7 +378,7 @@ def describe(node: torch.fx.Node) -> str:
 
 
 def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignore: tuple = (),
-            grouped_convs: str = "auto") -> Analysis:
+            grouped_convs: str = "whole") -> Analysis:
     """Run the dependency pass over a traced, shape-propagated GraphModule."""
     from . import op_rules
 

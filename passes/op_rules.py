@@ -145,16 +145,20 @@ GROUPED_CONV_MODES = ("auto", "whole", "within")
 def grouped_conv_mode(mode: str, groups: int, in_channels: int, out_channels: int) -> str:
     """"whole" or "within" for one grouped conv. "auto" takes whichever offers more choices: within
     groups when a group is wider (in and out) than there are groups (RegNet's early stages: 2 groups
-    of 16), whole groups otherwise (ResNeXt's 32 groups of 4, and depthwise convs: groups of 1)."""
+    of 16), whole groups otherwise (ResNeXt's 32 groups of 4). Depthwise convs (one input or output per
+    group) always lose whole groups: within them, one position is the whole layer."""
+    width = min(in_channels, out_channels) // groups
+    if width == 1:
+        return "whole"
     if mode == "auto":
-        return "within" if min(in_channels, out_channels) // groups > groups else "whole"
+        return "within" if width > groups else "whole"
     return mode
 
 
 def _couple_conv_groups(an, node, g: int, in_elems: np.ndarray | None, out: Layout) -> None:
     """Tie a grouped conv's channels so every group keeps as many inputs and outputs as the others."""
     out_elems = out.index.reshape(-1)
-    asked = an.grouped_convs.get(node.target, "auto") if isinstance(an.grouped_convs, dict) else an.grouped_convs
+    asked = an.grouped_convs.get(node.target, "whole") if isinstance(an.grouped_convs, dict) else an.grouped_convs
     mode = "whole" if in_elems is None else grouped_conv_mode(asked, g, len(in_elems), len(out_elems))
     an.grouped_modes[node.target] = mode
     if mode == "whole":

@@ -2,8 +2,8 @@
 
 ``grouped_convs="whole"`` removes conv groups (a group's inputs and outputs are one class), ``"within"``
 keeps every group and removes the same positions in each (inputs and outputs apart, as Torch-Pruning
-does; ``tests/test_tp_crosscheck.py`` compares that mode with it on regnet_y_400mf), ``"auto"`` (the
-default) picks per conv whichever offers more classes.
+does; ``tests/test_tp_crosscheck.py`` compares that mode with it on regnet_y_400mf), ``"auto"`` picks per
+conv whichever offers more classes. "whole" is the default (``bench/grouped_convs.py``).
 """
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def test_auto_rule():
     assert grouped_conv_mode("auto", 4, 64, 8) == "whole"  # outputs: 4 groups of 2
     assert grouped_conv_mode("whole", 2, 32, 32) == "whole"
     assert grouped_conv_mode("within", 32, 128, 128) == "within"
+    assert grouped_conv_mode("within", 32, 32, 64) == "whole"  # depthwise (x2): one position is the layer
+
+
+def test_depthwise_stays_whole_when_within_is_asked():
+    model = torchvision.models.mobilenet_v2().eval()
+    analysis = fxprune.analyze(model, X, grouped_convs="within")
+    assert analysis.grouped_modes and set(analysis.grouped_modes.values()) == {"whole"}
+    small = fxprune.prune(model, X, criterion="l1", ratio=0.3, grouped_convs="within")
+    assert fxprune.verify(model, small, X) <= 1e-5
+    assert small.get_submodule("features.2.conv.1.0").out_channels < 96
 
 
 @pytest.mark.parametrize("mode", ["whole", "within", "auto"])
@@ -111,7 +121,7 @@ def test_per_conv_modes_and_bad_values(regnet):
     asked = {names[0]: "whole", names[-1]: "within"}
     a = fxprune.analyze(regnet, X, grouped_convs=asked)
     assert a.grouped_modes[names[0]] == "whole" and a.grouped_modes[names[-1]] == "within"
-    assert a.grouped_modes[names[1]] == "within"  # not named: auto (4 groups of 16)
+    assert a.grouped_modes[names[1]] == "whole"  # not named: the default
     with pytest.raises(PlanError, match="grouped_convs must be one of"):
         fxprune.analyze(regnet, X, grouped_convs="channels")
     with pytest.raises(PlanError, match="'stem.0'"):
@@ -120,8 +130,8 @@ def test_per_conv_modes_and_bad_values(regnet):
 
 def test_iterative_keeps_each_convs_mode(regnet):
     """auto decides on the original: a within-pruned conv narrower than its group count stays within."""
-    small = fxprune.prune_iteratively(regnet, X, steps=3, ratio=0.6, criterion="l1")
-    one_shot = fxprune.prune(regnet, X, criterion="l1", ratio=0.6)
+    small = fxprune.prune_iteratively(regnet, X, steps=3, ratio=0.6, criterion="l1", grouped_convs="auto")
+    one_shot = fxprune.prune(regnet, X, criterion="l1", ratio=0.6, grouped_convs="auto")
     assert fxprune.verify(regnet, small, X) <= 1e-5
     widths = {n: (m.groups, m.in_channels) for n, m in _grouped(one_shot).items()}
     assert {n: (m.groups, m.in_channels) for n, m in dict(small.named_modules()).items() if n in widths} == widths

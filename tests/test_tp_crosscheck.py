@@ -40,10 +40,10 @@ Differences, each asserted below with its cause:
    the six models, and the only TP group left uncompared.
 2. **Grouped (non-depthwise) convs, regnet_y_400mf** (group width 8) are analyzed with
    ``grouped_convs="within"``, Torch-Pruning's way: every conv group keeps the same positions, and a
-   grouped conv's input and output channels are pruned apart. fxprune's default (``"auto"``) prunes
-   a grouped conv that has more groups than channels per group by whole groups instead (finer steps:
-   regnet_y_400mf's later stages have 13-55 groups of 8), uniting a group's inputs and outputs into
-   one class; ``tests/test_grouped_convs.py`` checks those modes.
+   grouped conv's input and output channels are pruned apart. fxprune's default (``"whole"``) removes
+   whole conv groups instead, a group's inputs and outputs being one class (each fxprune group is then
+   the union of two of TP's, and at ratio 0.3 fxprune's model keeps 12.55% more params and 17.00% more
+   MACs); ``tests/test_grouped_convs.py`` checks the modes.
 3. **GoogLeNet's auxiliary heads** (``aux_logits=True``, the default): train-only, so neither tool
    traces them in eval. TP leaves ``aux1``/``aux2`` in the model unpruned (with stale input widths:
    the pruned model fails in train mode), fxprune's GraphModule holds only the modules of the traced
