@@ -77,10 +77,11 @@ class RandomNet(nn.Module):
     widths=st.lists(st.integers(2, 12), min_size=8, max_size=8),
     ratio=st.floats(0.0, 0.8),
     seed=st.integers(0, 1000),
+    grouped_convs=st.sampled_from(["whole", "within", "auto"]),
 )
-def test_plan_apply_verify_on_random_networks(blocks, widths, ratio, seed):
+def test_plan_apply_verify_on_random_networks(blocks, widths, ratio, seed, grouped_convs):
     net = randomize(RandomNet(["conv"] + blocks, [6] + widths), seed)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
     with rejecting_vacuous_examples():
-        small, _ = prune_and_check(net, x, criterion="l1", ratio=ratio)
+        small, _ = prune_and_check(net, x, criterion="l1", ratio=ratio, grouped_convs=grouped_convs)
     assert small(x).shape == (2, 5)

@@ -190,13 +190,14 @@ class RandomGraphNet(nn.Module):
     round_to=st.sampled_from([None, 2]),
     global_ratio=st.booleans(),
     seed=st.integers(0, 1000),
+    grouped_convs=st.sampled_from(["whole", "within", "auto"]),
 )
-def test_plan_apply_verify_on_random_graphs(steps, head_picks, ratio, round_to, global_ratio, seed):
+def test_plan_apply_verify_on_random_graphs(steps, head_picks, ratio, round_to, global_ratio, seed, grouped_convs):
     net = randomize(RandomGraphNet(steps, head_picks), seed)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
     strict = bool(fxprune.analyze(net, x).mixing_groups())  # mixing groups frozen: verify is exact
     with rejecting_vacuous_examples():
         small, _ = prune_and_check(net, x, criterion="l1", ratio=ratio, round_to=round_to,
-                                   global_ratio=global_ratio, strict=strict)
+                                   global_ratio=global_ratio, strict=strict, grouped_convs=grouped_convs)
     assert small(x).shape == (2, 6)
 
