@@ -17,8 +17,6 @@ within fxprune's 2% tolerance is reported as such. Prints a table and writes ben
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import fxprune  # noqa: E402
 from fxprune.report import count  # noqa: E402
 from fxprune.runner import evaluate, finetune  # noqa: E402
 from passes.errors import PlanError  # noqa: E402
-from sensitivity import X, mean_std, run_on_digits  # noqa: E402
+from sensitivity import X, digits_parser, mean_std, run_on_digits  # noqa: E402
 
 MODES = ("whole", "auto", "within")
 
@@ -96,13 +94,8 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap = digits_parser(__doc__, "grouped_convs.md", epochs=20, finetune_epochs=3)
     ap.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7])
-    ap.add_argument("--finetune-epochs", type=int, default=3)
-    ap.add_argument("--bn-images", type=int, default=512)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "grouped_convs.md"))
     run_on_digits(run_seed, markdown, ap.parse_args())
 
 

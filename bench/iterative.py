@@ -17,8 +17,6 @@ Prints a table and writes bench/results/iterative.md.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fxprune  # noqa: E402
 from fxprune.report import count  # noqa: E402
 from fxprune.runner import evaluate, finetune  # noqa: E402
-from sensitivity import X, mean_std, run_on_digits, top1_with_own_statistics, trained_resnet20  # noqa: E402
+from sensitivity import (X, digits_parser, mean_std, run_on_digits, top1_with_own_statistics,  # noqa: E402
+                         trained_resnet20)
 
 
 def tune(net, epochs: int, seed: int, train, bn_train, test, bn_images: int) -> None:
@@ -107,14 +106,9 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap = digits_parser(__doc__, "iterative.md", epochs=8, finetune_epochs=6)
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7])
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--finetune-epochs", type=int, default=6)
-    ap.add_argument("--bn-images", type=int, default=512)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "iterative.md"))
     args = ap.parse_args()
     if args.finetune_epochs % args.steps:
         ap.error("--finetune-epochs must be a multiple of --steps (the same epochs for every method)")

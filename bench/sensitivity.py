@@ -54,6 +54,18 @@ def trained_resnet20(seed: int, epochs: int, train, test):
     return base.eval()
 
 
+def digits_parser(doc: str, results: str, *, epochs: int, finetune_epochs: int) -> argparse.ArgumentParser:
+    """The options every digits bench takes: seeds, training and fine-tuning epochs, the images BatchNorm
+    statistics are re-measured on, and the output file (``bench/results/<results>``)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
+    ap.add_argument("--bn-images", type=int, default=512)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", results))
+    return ap
+
+
 def run_on_digits(run_seed, markdown, args) -> None:
     """``run_seed(seed, args, train, bn_train, test)`` for every seed, then ``markdown``'s table: printed and
     written to ``args.out``."""
@@ -128,14 +140,9 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap = digits_parser(__doc__, "sensitivity.md", epochs=8, finetune_epochs=2)
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     ap.add_argument("--max-drop", type=float, default=1.0)
-    ap.add_argument("--bn-images", type=int, default=512)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "sensitivity.md"))
     run_on_digits(run_seed, markdown, ap.parse_args())
 
 

@@ -139,7 +139,7 @@ def conv_rule(an, node):
 
 
 #: ``grouped_convs=`` values: how a grouped (not depthwise) conv layer is pruned.
-GROUPED_CONV_MODES = ("auto", "whole", "within")
+GROUPED_CONV_MODES = ("whole", "within", "auto")
 
 
 def grouped_conv_mode(mode: str, groups: int, in_channels: int, out_channels: int) -> str:
