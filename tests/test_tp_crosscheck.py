@@ -43,7 +43,8 @@ Differences, each asserted below with its cause:
    grouped conv's input and output channels are pruned apart. fxprune's default (``"whole"``) removes
    whole conv groups instead, a group's inputs and outputs being one class (each fxprune group is then
    the union of two of TP's, and at ratio 0.3 fxprune's model keeps 12.55% more params and 17.00% more
-   MACs); ``tests/test_grouped_convs.py`` checks the modes.
+   MACs, asserted in ``test_whole_groups_keep_more_than_tp``); ``tests/test_grouped_convs.py`` checks
+   the modes.
 3. **GoogLeNet's auxiliary heads** (``aux_logits=True``, the default): train-only, so neither tool
    traces them in eval. TP leaves ``aux1``/``aux2`` in the model unpruned (with stale input widths:
    the pruned model fails in train mode), fxprune's GraphModule holds only the modules of the traced
@@ -277,6 +278,22 @@ def test_l1_prune_counts(name):
     a, b = count(small, x), count(theirs, x)
     assert (a.params, a.macs_conv_linear) == (b.params, b.macs_conv_linear), (
         f"fxprune {a.params} params, {a.macs_conv_linear} MACs; TP {b.params}, {b.macs_conv_linear}")
+
+
+def test_whole_groups_keep_more_than_tp():
+    """Difference 2, fxprune's default: regnet_y_400mf's 16 grouped convs keep ``int(G * 0.7)`` whole groups
+    of 8 where TP keeps every group with ``int(8 * 0.7) = 5`` channels, so fxprune's model is larger."""
+    model, x, _, _ = _setup("regnet_y_400mf")
+    whole, within = (fxprune.prune(model, x, criterion="l1", ratio=RATIO, grouped_convs=m) for m in ("whole", "within"))
+    theirs = _tp_prune(model, x)
+    for name, conv in model.named_modules():
+        if _is_grouped(conv):
+            w = conv.out_channels // conv.groups
+            assert whole.get_submodule(name).out_channels == kept_count(conv.groups, RATIO) * w
+            assert within.get_submodule(name).out_channels == conv.groups * int(w * (1 - RATIO))
+    a, b = count(whole, x), count(theirs, x)
+    assert abs((a.params - b.params) / b.params - 0.1255) <= 0.005
+    assert abs((a.macs_conv_linear - b.macs_conv_linear) / b.macs_conv_linear - 0.1700) <= 0.005
 
 
 def test_googlenet_aux_heads():
