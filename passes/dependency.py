@@ -179,6 +179,10 @@ class Analysis:
         mixing = sum(g.mixing for g in prunable)
         lines = [f"{len(self.groups)} channel groups: {len(prunable)} prunable"
                  + (f" ({mixing} mixing: pruned, verify approximate)" if mixing else "") + f", {len(frozen)} frozen"]
+        if self.grouped_modes:
+            within = sum(m == "within" for m in self.grouped_modes.values())
+            lines.append(f"grouped convs: {len(self.grouped_modes) - within} lose whole groups, {within} the same "
+                         "positions in every group (grouped_convs=)")
         lines += ["  " + str(g) for g in self.groups]
         return "\n".join(lines)
 

@@ -82,6 +82,9 @@ def test_modes_verify_and_keep_their_shape(regnet, mode):
             assert new.in_channels // new.groups == conv.in_channels // conv.groups
     if mode == "auto":  # regnet_x_400mf: 2, 4 and 10 groups of 16 within, 25 groups of 16 whole
         assert set(chosen.values()) == {"whole", "within"}
+    within = sum(m == "within" for m in chosen.values())
+    assert f"grouped convs: {len(chosen) - within} lose whole groups, {within} the same positions" in str(
+        fxprune.analyze(regnet, X, grouped_convs=mode))
 
 
 def test_within_slices_the_same_positions_of_every_group(regnet):
