@@ -80,7 +80,8 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
         f"torchvision regnet_x_400mf (10 classes) on scikit-learn digits at 32x32 (1437 train / 360 test images), "
         f"{args.epochs} training epochs, {len(rows)} seed(s); l1 with `flops_reduction=`; BatchNorm statistics "
         f"re-measured on {args.bn_images} training images before scoring; fine-tuning {args.finetune_epochs} "
-        f"epoch(s), lr 0.005 cosine (training: lr 0.01). CPU, {seconds:.0f} s. Command: `.venv/bin/python bench/grouped_convs.py`",
+        f"epoch(s), lr 0.005 cosine (training: lr 0.01). CPU, {seconds:.0f} s. "
+        "Command: `.venv/bin/python bench/grouped_convs.py`",
         "",
         "Baselines (top-1): " + ", ".join(f"{r['baseline']:.2f}%" for r in rows) + ".",
         "",

@@ -18,8 +18,9 @@ from .sensitivity import Sensitivity, sensitivity
 from .soft import SoftFilterPruning
 
 __all__ = [
-    "prune", "prune_iteratively", "plan", "apply", "analyze", "verify", "report", "export", "save", "load", "criteria",
-    "register_criterion", "recalibrate_bn", "sensitivity", "Sensitivity", "SoftFilterPruning", "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError",
-    "VerificationError", "VacuousVerificationWarning",
+    "prune", "prune_iteratively", "plan", "apply", "analyze", "verify", "report", "export", "save", "load",
+    "criteria", "register_criterion", "recalibrate_bn", "sensitivity", "Sensitivity", "SoftFilterPruning",
+    "Plan", "FxPruneError", "PlanError", "UnsupportedOpError", "UntraceableModelError", "VerificationError",
+    "VacuousVerificationWarning",
 ]
 __version__ = "0.1.0"

@@ -2,10 +2,10 @@
 
 One-shot pruning at a high ratio removes many channels before the network can adapt; pruning a little,
 fine-tuning, and pruning again is the other common recipe (Torch-Pruning's ``iterative_steps``, CORING's
-k-shot schedule). Which keeps more accuracy depends on how the fine-tuning is spread: with the same epochs
-split evenly over the steps, one shot won in ``bench/iterative.py``. Each step is :func:`fxprune.prune` on the previous step's compact model,
-re-scored on its current weights. The budget of every step is stated against the *original* model, so
-rounding at one step does not accumulate:
+k-shot schedule). Which keeps more accuracy depends on how the fine-tuning is spread: with the same epochs,
+split evenly or mostly after the last step, one shot won in ``bench/iterative.py``. Each step is
+:func:`fxprune.prune` on the previous step's compact model, re-scored on its current weights. The budget of
+every step is stated against the *original* model, so rounding at one step does not accumulate:
 
 * ``ratio=r`` (or a ``{module glob: r}`` dict, e.g. from :func:`fxprune.sensitivity`): after step i
   every group keeps ``int(N * (1 - r_i))`` of its original N channels (classes), as a one-shot
@@ -13,10 +13,10 @@ rounding at one step does not accumulate:
 * ``flops_reduction=f``: after step i the conv+linear MACs are ``(1 - f_i)`` of the original's,
   measured on the current model, so a step that lands off target is corrected by the next.
 
-``r_i`` / ``f_i`` grow linearly to the budget over ``steps`` (every group's own ratio, for a dict), or
-follow a list of cumulative budgets (``ratio=[0.2, 0.35, 0.5]``). The result's ``meta["fxprune.plan"]`` is the plan relative to the
-original model (the steps' kept indices composed), so ``fxprune.verify(model, small)`` holds when no
-fine-tuning ran between the steps, and ``fxprune.apply(model, plan)`` rebuilds the same architecture;
+``r_i`` / ``f_i`` grow linearly to the budget over ``steps`` (every group's own ratio, for a dict), or follow
+a list of cumulative budgets (``ratio=[0.2, 0.35, 0.5]``). The result's ``meta["fxprune.plan"]`` is the plan
+relative to the original model (the steps' kept indices composed), so ``fxprune.verify(model, small)`` holds
+when no fine-tuning ran between the steps, and ``fxprune.apply(model, plan)`` rebuilds the same architecture;
 ``meta["fxprune.steps"]`` holds each step's own plan.
 """
 from __future__ import annotations

@@ -133,7 +133,8 @@ def _prunable_groups(analysis: Analysis) -> list[tuple[int, str]]:
     for gi, g in enumerate(analysis.groups):
         if g.frozen:
             continue
-        key = next((name for name in analysis.producing_layers(g) if set(resolve_ratios(analysis, {name: 0.5})) == {gi}), None)
+        key = next((name for name in analysis.producing_layers(g)
+                    if set(resolve_ratios(analysis, {name: 0.5})) == {gi}), None)
         if key is not None:
             out.append((gi, key))
     return out

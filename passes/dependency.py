@@ -389,10 +389,7 @@ def analyze(gm: torch.fx.GraphModule, inputs: tuple, strict: bool = False, ignor
     _check_grouped_convs(grouped_convs, op_rules.GROUPED_CONV_MODES)
     an = Analyzer(gm, op_rules.REGISTRY, strict=strict, grouped_convs=grouped_convs)
     an.run()
-    if isinstance(grouped_convs, dict) and not set(grouped_convs) <= set(an.grouped_modes):
-        unknown = sorted(set(grouped_convs) - set(an.grouped_modes))
-        raise PlanError(f"grouped_convs names {', '.join(map(repr, unknown[:3]))}, which the graph does not call "
-                        f"as a grouped conv; grouped convs here: {', '.join(list(an.grouped_modes)[:5]) or 'none'}")
+    _check_grouped_names(grouped_convs, an.grouped_modes)
     _check_ignore(an, ignore)
     shared = shared_tensors(an.modules)
     for owners in shared:
@@ -423,6 +420,14 @@ def _check_grouped_convs(asked: Any, modes: tuple[str, ...]) -> None:
     if not all(isinstance(v, str) and v in modes for v in values):
         raise PlanError(f"grouped_convs must be one of {', '.join(map(repr, modes))} (how grouped conv layers "
                         f"are pruned), or a dict {{conv name: one of them}}; got {asked!r}")
+
+
+def _check_grouped_names(asked: Any, found: dict[str, str]) -> None:
+    """Every conv a ``grouped_convs`` dict names must be a grouped conv the graph calls."""
+    unknown = sorted(set(asked) - set(found)) if isinstance(asked, dict) else []
+    if unknown:
+        raise PlanError(f"grouped_convs names {', '.join(map(repr, unknown[:3]))}, which the graph does not call "
+                        f"as a grouped conv; grouped convs here: {', '.join(list(found)[:5]) or 'none'}")
 
 
 def shared_tensors(modules: dict[str, nn.Module]) -> list[list[tuple[str, str]]]:

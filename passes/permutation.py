@@ -131,12 +131,11 @@ def _gather_channels(root, end: torch.fx.Node, analysis, keep: np.ndarray, *, sp
     kept = keep[src_elems]
     if kept.all():
         return  # nothing pruned here: the shuffle stays as the user wrote it
+    index = _kept_order(kept, order)
     chain = [end]
     while chain[-1].name != split:
         chain.append(chain[-1].args[0])
     src = chain[-1].args[0]
-    compact_position = np.cumsum(kept) - 1
-    index = compact_position[order[kept[order]]]
     name = f"{end.name}_channel_order"
     root.register_buffer(name, torch.as_tensor(index, dtype=torch.int64, device=_device_of(root)))
     graph = end.graph
@@ -200,5 +199,10 @@ def _remap_index(root, node, analysis, keep: np.ndarray, *, target: str, src_ele
     *path, attr = target.split(".")
     owner = root.get_submodule(".".join(path))
     old = owner._buffers[attr]
-    remapped = (np.cumsum(kept) - 1)[values[kept[values]]]
-    owner._buffers[attr] = torch.as_tensor(remapped, dtype=old.dtype, device=old.device)
+    owner._buffers[attr] = torch.as_tensor(_kept_order(kept, values), dtype=old.dtype, device=old.device)
+
+
+def _kept_order(kept: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``order`` (source channels in gathered order) restricted to the kept channels, as positions among
+    the kept ones: the index of the compact model's gather."""
+    return (np.cumsum(kept) - 1)[order[kept[order]]]

@@ -26,9 +26,9 @@ regnet_y_400mf      53 = 53; 85 equal [2]                identical (2,012,838 / 
 
 Beyond the member sets, the index-level partition is compared too (``test_channel_partition``):
 every channel of every conv/linear/bn member, grouped by the class it is pruned with, taking TP's
-groups over all of a layer's output indices. It is the same partition in all six models. That covers the DenseNet concat case: TP maps a layer's
-channels to *the index range they occupy* in every later concatenation (``norm1`` of each later
-dense layer, the transition), while fxprune makes one group per producing layer whose members are
+groups over all of a layer's output indices. It is the same partition in all six models. That
+covers the DenseNet concat case: TP maps a layer's channels to *the index range they occupy* in
+every later concatenation (``norm1`` of each later dense layer, the transition), while fxprune makes one group per producing layer whose members are
 those later modules, at those same positions. So a later ``norm1`` is a member of many groups in
 both tools, each group touching only its slice; the sets and positions agree, with no exception.
 
