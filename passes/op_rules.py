@@ -833,32 +833,23 @@ def _rewrite_channel_ranges(gm, node, analysis, keep) -> None:
 @REGISTRY.function(torch.chunk, torch.split)
 @REGISTRY.method("chunk", "split")
 def split_rule(an, node):
-    """Equal pieces of the channel axis are pruned in lockstep (their i-th channels together), so the
-    pieces stay equal; explicit split sizes are rewritten to the kept counts instead."""
+    """Pieces of the channel axis are pruned apart: the rewrite makes every chunk or split a split into
+    the pieces' kept counts, so a piece keeps exactly its own kept channels (ShuffleNet's halves, an
+    uneven chunk). Ops that need equal pieces (``a + b``) tie them by their own rules."""
     src = _first_tensor(an, node)
     lay, shape = an.layout(src), an.shape(src)
     if lay is None:
         return None
-    is_chunk = node.target in ("chunk", torch.chunk)
-    amount = an.value(_arg(node, 1, "chunks" if is_chunk else "split_size_or_sections"))
+    pieces = node.meta[SHAPE]
     dim = _norm_dim(an.value(_arg(node, 2, "dim", 0)), len(shape))
     if dim not in lay.varying_dims():
-        return tuple(lay for _ in node.meta[SHAPE])  # one shape per piece
+        return tuple(lay for _ in pieces)
     elems = lay.elems_along(dim, shape)
     if elems is None:
         return an.opaque(node, "split of a channel axis that is not simple")
-    sizes = _piece_sizes(is_chunk, amount, shape[dim])
-    if sizes is None:
-        return an.opaque(node, "uneven chunks of the channel axis")
-    parts = np.split(elems, np.cumsum(sizes)[:-1])
-    if isinstance(amount, (list, tuple)):
-        an.shape_edits[node.name] = "split_sections"
-        an.subsets.extend(parts)  # pieces of their own sizes: none may end with no channel
-    else:
-        for p in parts[1:]:
-            an.unify(parts[0], p)
-        if not is_chunk:
-            an.shape_edits[node.name] = "split_size"
+    parts = np.split(elems, np.cumsum([p[dim] for p in pieces])[:-1])
+    an.shape_edits[node.name] = "split_sections"
+    an.subsets.extend(parts)  # a piece pruned to no channel would leave its readers an empty tensor
     return tuple(Layout.along(p, dim, len(shape)) for p in parts)
 
 
@@ -870,7 +861,7 @@ REGISTRY.method("index_select")(gather_rule)
 @REGISTRY.method("unbind")
 def unbind_rule(an, node):
     """``t.unbind(d)``: piece ``i`` is ``t.select(d, i)``. When channels vary along ``d`` (timm's packed
-    q, k, v), the pieces are pruned in lockstep, as equal chunks are, so their count never changes;
+    q, k, v), the pieces are pruned in lockstep, so their count never changes;
     unbinding a tensor whose channels vary along ``d`` alone would make each channel a piece: frozen."""
     src = _first_tensor(an, node)
     lay, shape = an.layout(src), an.shape(src)
@@ -887,14 +878,6 @@ def unbind_rule(an, node):
     for p in pieces[1:]:
         an.unify(pieces[0], p)
     return tuple(Layout(np.ascontiguousarray(p)) for p in pieces)
-
-
-def _piece_sizes(is_chunk: bool, amount, n: int) -> list[int] | None:
-    if isinstance(amount, (list, tuple)):
-        return list(amount)
-    if is_chunk:
-        return [n // amount] * amount if n % amount == 0 else None
-    return [amount] * (n // amount) if n % amount == 0 else None
 
 
 # ---------------------------------------------------------------------------------------------

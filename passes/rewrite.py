@@ -311,9 +311,7 @@ def _rewrite_constants(graph: torch.fx.Graph, analysis: Analysis, keep: np.ndarr
         if kind == "sizes":
             _rewrite_sizes(node, analysis, keep)
         elif kind == "split_sections":
-            _rewrite_split(node, analysis, keep, sections=True)
-        elif kind == "split_size":
-            _rewrite_split(node, analysis, keep, sections=False)
+            _rewrite_split(node, analysis, keep)
 
 
 def _count_kept(analysis: Analysis, keep: np.ndarray, elems: np.ndarray) -> int:
@@ -407,13 +405,15 @@ def _size_read(arg: torch.fx.Node, analysis: Analysis, keep: np.ndarray) -> tupl
     return old[dim], new[dim]
 
 
-def _rewrite_split(node, analysis, keep, sections: bool) -> None:
+#: The split that replaces a chunk: same call form, pieces given by their sizes.
+_AS_SPLIT = {"chunk": "split", torch.chunk: torch.split}
+
+
+def _rewrite_split(node, analysis, keep) -> None:
+    """A chunk or split of the channel axis becomes a split into each piece's kept count."""
     # every piece holds channels of the split axis: a one-channel piece (no varying dim) too, and it may go
     counts = [_count_kept(analysis, keep, lay.index.reshape(-1)) for lay in analysis.node_layouts[node.name]]
-    value = counts if sections else counts[0]
-    args = list(node.args)
-    if len(args) > 1:
-        args[1] = value
-        node.args = tuple(args)
-    else:
-        node.kwargs = {**node.kwargs, "split_size_or_sections": value}
+    src = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("tensor"))
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    node.target = _AS_SPLIT.get(node.target, node.target)
+    node.args, node.kwargs = (src, counts, dim), {}

@@ -194,11 +194,14 @@ def test_einsum_attention_prunes_head_dims_equally():
     x = torch.randn(2, 4, 5)
     analysis = fxprune.analyze(model, x)
     inner = analysis.groups[analysis.member_groups("to_qkv", "out")[0]]
-    assert inner.mixing and inner.n_classes == 8  # dim j of q, k, v in both heads is one unit
+    # dim j of q and k in both heads is one unit (contracted together), dim j of v in both heads another
+    assert inner.mixing and inner.n_classes == 16
     assert any("summed over these channels" in str(r) for r in inner.mixing_reasons)
     small, strict = _mixing_check(model, x)
     kept = len(small.meta["fxprune.plan"].modules["merge"]["in"])
-    assert kept % 2 == 0 and small.to_qkv.out_features == 3 * kept  # heads stay, each loses dims
+    q, k, v = next(n for n in small.graph.nodes if n.target is torch.split).args[1]
+    assert kept % 2 == 0 and q == k and q % 2 == 0 and v == kept  # heads stay, each loses dims
+    assert small.to_qkv.out_features == q + k + v
     # the embedding's own stream (embed -> + merge -> fc1) is exact: strict still prunes it
     assert strict.embed.out_features < 16
 
@@ -1055,13 +1058,17 @@ def _stream_group(model, x):
 
 def test_a_channel_shuffle_is_pruned_channel_by_channel_and_becomes_a_gather():
     """Kept as reshapes, the shuffle would tie the stream into one class (nothing prunable). As a
-    permutation it ties nothing; the chunks still pair channel i with i + C/2 (equal pieces stay equal),
-    so the 20 stem channels, chunked in two blocks, form 20 / 2**2 = 5 classes of 4."""
+    permutation it ties nothing, and each chunk becomes a split into its halves' kept counts, so every
+    one of the 20 stem channels is a class of its own: 11 can be kept, which halves of equal size could
+    not keep."""
     model = randomize(ShuffleStream(width=20, blocks=2))
     x = torch.randn(2, 3, 8, 8)
-    assert _stream_group(model, x).n_classes == 5
-    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
-    assert small.stem.out_channels == 8
+    assert _stream_group(model, x).n_classes == 20
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.45)
+    assert small.stem.out_channels == 11
+    halves = [n.args[1] for n in small.graph.nodes if n.target == "split"]
+    assert len(halves) == 2 and sum(halves[0]) == 11  # the first block splits the stem's channels
+    assert any(h[0] != h[1] for h in halves)  # uneven halves: the chunks were not pruned in lockstep
     gathers = [n for n in small.graph.nodes if n.target is torch.index_select]
     assert gathers and not any(n.target == "transpose" or n.target is torch.transpose for n in small.graph.nodes
                                if any(g in n.users for g in gathers))

@@ -50,7 +50,12 @@ Differences, each asserted below with its cause:
    the pruned model fails in train mode), fxprune's GraphModule holds only the modules of the traced
    graph. Conv+linear MACs are identical; params differ by exactly the aux heads (6,379,984).
    The main comparison therefore builds ``googlenet(aux_logits=False)``, the same inference network.
-4. **Selection**: both remove ``N - int(N * 0.7)`` channels per group (fxprune ``kept_count``, TP
+4. **ShuffleNet v2** is not compared: Torch-Pruning cannot build its DependencyGraph (a
+   ``ZeroDivisionError`` in the index mapping it gives the channel shuffle's 5-D view), asserted in
+   ``test_shufflenet_only_fxprune``, where fxprune prunes every conv output channel of
+   shufflenet_v2_x1_0 as a class of its own (the shuffle becomes a gather, each chunk a split into
+   its halves' kept counts) and the compact model verifies.
+5. **Selection**: both remove ``N - int(N * 0.7)`` channels per group (fxprune ``kept_count``, TP
    local pruning), so widths, params and MACs agree exactly; *which* channels go may differ (TP's
    ``MagnitudeImportance`` averages L1 norms over all members of a group) and is not compared.
 
@@ -69,6 +74,7 @@ import torchvision
 from torch import nn
 
 import fxprune
+from conftest import prune_and_check, randomize
 from fxprune.report import count
 from passes.select import kept_count
 
@@ -311,3 +317,21 @@ def test_googlenet_aux_heads():
     assert b.params - a.params == aux
     assert theirs.aux1.conv.conv.in_channels == model.aux1.conv.conv.in_channels  # left as it was
     assert not any(n.startswith("aux") for n, _ in small.named_modules())
+
+
+def test_shufflenet_only_fxprune():
+    """Difference 4: Torch-Pruning fails on ShuffleNet v2's channel shuffle; fxprune prunes it channel by
+    channel: every prunable group has as many classes as its widest conv has output channels."""
+    torch.manual_seed(0)
+    model = randomize(torchvision.models.get_model("shufflenet_v2_x1_0", weights=None))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with pytest.raises(ZeroDivisionError):
+        tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    analysis = fxprune.analyze(model, x)
+    modules = dict(model.named_modules())
+    for g in analysis.groups:
+        widths = [modules[m].out_channels for m, io in g.members if io == "out" and isinstance(modules[m], nn.Conv2d)]
+        if not g.frozen and widths:
+            assert g.n_classes >= max(widths), str(g)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=RATIO)
+    assert count(small, x).params < count(model, x).params
