@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .branches import GUARD, guard_reads
-from .layout import Layout
+from .layout import Layout, unique_ints
 from .permutation import follow_channel_permutation, gather_rule
 from .shapes import SHAPE
 from .trace import computes_as
@@ -835,7 +835,9 @@ def _rewrite_channel_ranges(gm, node, analysis, keep) -> None:
 def split_rule(an, node):
     """Pieces of the channel axis are pruned apart: the rewrite makes every chunk or split a split into
     the pieces' kept counts, so a piece keeps exactly its own kept channels (ShuffleNet's halves, an
-    uneven chunk). Ops that need equal pieces (``a + b``) tie them by their own rules."""
+    uneven chunk). Ops that need equal pieces (``a + b``) tie them by their own rules. Where channels
+    vary along other axes too (q, k, v chunked after a split into heads), every position of the split
+    axis is kept or removed in all of them at once, so the pieces stay rectangular."""
     src = _first_tensor(an, node)
     lay, shape = an.layout(src), an.shape(src)
     if lay is None:
@@ -844,13 +846,13 @@ def split_rule(an, node):
     dim = _norm_dim(an.value(_arg(node, 2, "dim", 0)), len(shape))
     if dim not in lay.varying_dims():
         return tuple(lay for _ in pieces)
-    elems = lay.elems_along(dim, shape)
-    if elems is None:
-        return an.opaque(node, "split of a channel axis that is not simple")
-    parts = np.split(elems, np.cumsum([p[dim] for p in pieces])[:-1])
+    if len(lay.varying_dims()) > 1:
+        rows = np.moveaxis(lay.index, dim, 0).reshape(shape[dim], -1)
+        an.unify(rows[:, :1], rows)  # position j of the split axis: one unit across the other axes
+    parts = np.split(lay.index, np.cumsum([p[dim] for p in pieces])[:-1], axis=dim)
     an.shape_edits[node.name] = "split_sections"
-    an.subsets.extend(parts)  # a piece pruned to no channel would leave its readers an empty tensor
-    return tuple(Layout.along(p, dim, len(shape)) for p in parts)
+    an.subsets.extend(unique_ints(p) for p in parts)  # a piece pruned to no channel would leave its readers nothing
+    return tuple(Layout(np.ascontiguousarray(p)) for p in parts)
 
 
 REGISTRY.function(torch.index_select)(gather_rule)

@@ -411,9 +411,19 @@ _AS_SPLIT = {"chunk": "split", torch.chunk: torch.split}
 
 def _rewrite_split(node, analysis, keep) -> None:
     """A chunk or split of the channel axis becomes a split into each piece's kept count."""
-    # every piece holds channels of the split axis: a one-channel piece (no varying dim) too, and it may go
-    counts = [_count_kept(analysis, keep, lay.index.reshape(-1)) for lay in analysis.node_layouts[node.name]]
     src = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("tensor"))
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    shapes = node.meta["fxprune.shape"]
+    axis = dim + len(shapes[0]) if dim < 0 else dim
+    counts = [_kept_along(keep, lay.index, axis, shape[axis])
+              for lay, shape in zip(analysis.node_layouts[node.name], shapes)]
     node.target = _AS_SPLIT.get(node.target, node.target)
     node.args, node.kwargs = (src, counts, dim), {}
+
+
+def _kept_along(keep: np.ndarray, index: np.ndarray, axis: int, width: int) -> int:
+    """How many of a piece's ``width`` positions along ``axis`` stay (the analysis keeps or removes a
+    position in every row at once; a one-position piece does not vary along the axis)."""
+    others = tuple(d for d in range(index.ndim) if d != axis)
+    kept = np.any(keep[index], axis=others) if others else keep[index]
+    return int(np.broadcast_to(kept, (width,)).sum())

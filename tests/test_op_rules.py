@@ -1091,6 +1091,64 @@ def test_a_pruned_shuffle_prunes_again_and_saves(tmp_path):
         assert torch.equal(fxprune.load(tmp_path / "again")(x), again(x))
 
 
+class UnevenChunks(nn.Module):
+    """EdgeNeXt's split of a stage's channels into uneven chunks, each through its own conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 10, 3, padding=1)
+        self.branches = nn.ModuleList(nn.Conv2d(n, n, 3, padding=1) for n in (4, 4, 2))
+        self.head = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x):
+        a, b, c = torch.chunk(self.stem(x), 3, dim=1)  # 4 + 4 + 2 channels
+        outs = [F.relu(conv(p)) + p for conv, p in zip(self.branches, (a, b, c))]
+        return self.head(torch.cat(outs, dim=1))
+
+
+def test_uneven_chunks_prune_each_piece_on_its_own():
+    model = randomize(UnevenChunks())
+    x = torch.randn(2, 3, 8, 8)
+    assert _stream_group(model, x).n_classes == 10
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    sections = next(n for n in small.graph.nodes if n.target is torch.split).args[1]
+    # 5 of 10 kept, and one more where that would leave a piece empty
+    assert sum(sections) == small.stem.out_channels in (5, 6) and all(sections)
+    assert [small.get_submodule(f"branches.{i}").out_channels for i in range(3)] == sections
+
+
+class HeadChunks(nn.Module):
+    """timm's MaxViT/EfficientFormer layout: a conv's channels viewed as heads x (3 * head_dim), then q, k, v
+    chunked along the head dim; q goes on alone, k and v are multiplied (no channel is summed over)."""
+
+    def __init__(self, heads=2, head_dim=4):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.qkv = nn.Conv2d(3, heads * head_dim * 3, 1)
+        self.proj_q = nn.Conv2d(heads * head_dim, 5, 1)
+        self.proj_kv = nn.Conv2d(heads * head_dim, 5, 1)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        q, k, v = self.qkv(x).view(B, self.heads, self.head_dim * 3, H * W).chunk(3, dim=2)
+        return self.proj_q(F.relu(q).reshape(B, -1, H, W)) + self.proj_kv((torch.sigmoid(k) * v).reshape(B, -1, H, W))
+
+
+def test_chunks_after_a_split_into_heads_keep_the_same_positions_in_every_head():
+    """Position j of q (or of k and v) is one unit across both heads: 4 + 4 classes, and every head
+    keeps the same count of each, so the view and the split stay rectangular."""
+    model = randomize(HeadChunks())
+    x = torch.randn(2, 3, 6, 6)
+    analysis = fxprune.analyze(model, x)
+    group = analysis.groups[analysis.member_groups("qkv", "out")[0]]
+    assert group.n_classes == 8 and not group.mixing and not group.frozen
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    q, k, v = next(n for n in small.graph.nodes if n.target == "split").args[1]
+    assert q + k in (4, 5) and k == v and q and k  # 4 of 8, and one more where a piece would be empty
+    assert small.qkv.out_channels == 2 * (q + k + v)
+    assert (small.proj_q.in_channels, small.proj_kv.in_channels) == (2 * q, 2 * k)
+
+
 class TokenShuffle(nn.Module):
     def __init__(self):
         super().__init__()

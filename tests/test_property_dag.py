@@ -2,7 +2,7 @@
 
 Each generated network keeps a pool of tensors (same spatial size) and appends ops that read one or
 two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, residual add and
-multiply, SE gating, channel concat, chunk, uneven split, channel slices (strided ones freeze),
+multiply, SE gating, channel concat, chunk (halves added, or swapped: pruned apart), uneven split, channel slices (strided ones freeze),
 channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a conv sharing an earlier conv's
 weight, ``F.conv2d`` on an earlier conv's weight, a transposed conv, a linear layer over channels
 (permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
@@ -25,7 +25,7 @@ from conftest import prune_and_check, randomize, rejecting_vacuous_examples
 
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
        "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
-       "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift"]
+       "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift", "halves"]
 EXAMPLES = int(os.environ.get("FXPRUNE_FUZZ_EXAMPLES", "100"))
 
 
@@ -70,7 +70,7 @@ class RandomGraphNet(nn.Module):
             out = ca
         elif op == "cat":
             out = ca + widths[b]
-        elif op in ("chunk", "shuffle") and ca % 2 or op in ("slice", "split") and ca <= 2:
+        elif op in ("chunk", "shuffle", "halves") and ca % 2 or op in ("slice", "split") and ca <= 2:
             return self._add(i, "relu", picks, w, widths)
         elif op == "chunk":
             out = ca // 2
@@ -112,7 +112,7 @@ class RandomGraphNet(nn.Module):
         elif op == "dense":  # flatten -> linear -> back to a 1x1 map: every channel owns H*W features
             self.layers[name] = nn.Linear(ca * 8 * 8, w)
             out = w
-        else:  # relu, shuffle, pool, chanmean, roll, flip, upsample, shift
+        else:  # relu, shuffle, pool, chanmean, roll, flip, upsample, shift, halves
             out = ca
         self.program.append((op, (a, b), name if name in self.layers else None))
         widths.append(out)
@@ -147,6 +147,9 @@ class RandomGraphNet(nn.Module):
         if op == "chunk":
             first, second = x.chunk(2, 1)
             return first + second
+        if op == "halves":
+            first, second = x.chunk(2, 1)
+            return torch.cat([F.relu(second), first], 1)
         if op == "slice":
             return x[:, 1:-1]
         if op == "shuffle":
