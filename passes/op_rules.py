@@ -698,6 +698,9 @@ def reshape_rule(an, node):
     out = _apply_to_layout(an, node, src, lay)
     if out is None:
         return an.opaque(node, "cannot follow channels through this reshape")
+    donors = [a for a in an.tensor_inputs(node) if a is not src]
+    if donors and not _tie_to_shape_donors(an, out, donors):
+        return an.opaque(node, "takes its shape from a tensor whose channels lie along other axes")
     if not _splits_a_permutation(an, node, src, lay, out):
         out = _keep_split_even(an, out)
     if has_sizes:
@@ -720,10 +723,13 @@ def _apply_to_layout(an, node, src, lay: Layout) -> Layout | None:
     def sub(a):
         if a is src:
             return dense
-        if isinstance(a, torch.fx.Node):
-            return an.value(a)
+        if isinstance(a, torch.fx.Node):  # a tensor here only lends its shape (reshape_as, expand_as)
+            shape = an.shape(a)
+            return an.value(a) if shape is None else torch.zeros((), dtype=torch.int64).expand(tuple(shape))
         if isinstance(a, (list, tuple)):
             return type(a)(sub(x) for x in a)
+        if isinstance(a, slice):  # x[:, :n] with n read at run time (PiT's class tokens, DaViT's crop)
+            return slice(sub(a.start), sub(a.stop), sub(a.step))
         return a
 
     args = [sub(a) for a in node.args]
@@ -741,6 +747,20 @@ def _apply_to_layout(an, node, src, lay: Layout) -> Layout | None:
     if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(an.shape(node)):
         return None
     return Layout.compress(result)
+
+
+def _tie_to_shape_donors(an, out: Layout, donors: list[torch.fx.Node]) -> bool:
+    """``t.reshape_as(other)`` (view_as, expand_as) reads ``other``'s shape when it runs, so once pruned both
+    must shrink alike: each position's channel is tied to ``other``'s channel there. False when their
+    channels lie along different axes (or ``other`` has none where ``t`` has), which no tie makes shrink alike."""
+    for donor in donors:
+        lay = an.layout(donor)
+        dims = lay.varying_dims() if isinstance(lay, Layout) else []
+        if dims != out.varying_dims():
+            return False
+        if dims:
+            an.unify(out.index, lay.index)
+    return True
 
 
 def _splits_a_permutation(an, node, src, lay: Layout, out: Layout) -> bool:

@@ -1091,6 +1091,75 @@ def test_a_pruned_shuffle_prunes_again_and_saves(tmp_path):
         assert torch.equal(fxprune.load(tmp_path / "again")(x), again(x))
 
 
+class LinearNorm(nn.Module):
+    """LeViT's linear + BatchNorm1d over tokens: the norm runs on the flattened tokens and ``reshape_as``
+    gives its result the linear's shape back."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class TokenStack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = LinearNorm(5, 12), LinearNorm(12, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(F.relu(self.b(F.relu(self.a(x)))).mean(1))
+
+
+def test_reshape_as_follows_the_shape_of_a_tensor_whose_channels_shrink_alike():
+    model = randomize(TokenStack())
+    x = torch.randn(2, 7, 5)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert (small.a.linear.out_features, small.a.bn.num_features, small.b.linear.in_features) == (6, 6, 6)
+
+
+def test_reshape_as_a_tensor_with_channels_on_another_axis_freezes():
+    """Pruned, ``c.reshape_as(b)`` would ask ``c``'s shrunk tokens x channels to take ``b``'s
+    channels x tokens shape: no tie makes the two shrink alike, so both stay whole."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p, self.q, self.head = nn.Linear(5, 4), nn.Linear(5, 4), nn.Linear(4, 3)
+
+        def forward(self, x):  # x: (B, 4 tokens, 5)
+            b = self.p(x).transpose(1, 2)
+            return self.head((self.q(x).reshape_as(b) + b).mean(1))
+
+    model = randomize(Net())
+    x = torch.randn(2, 4, 5)
+    analysis = fxprune.analyze(model, x)
+    for name in ("p", "q"):
+        group = analysis.groups[analysis.member_groups(name, "out")[0]]
+        assert group.frozen and any("channels lie along other axes" in str(r) for r in group.reasons)
+    prune_and_check(model, x, criterion="l1", ratio=0.5)
+
+
+def test_a_token_slice_whose_bound_is_read_at_run_time_passes_channels():
+    """PiT's ``x[:, :n]`` with ``n`` a size read while running slices tokens, not channels."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(5, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            z, n = self.fc(x), x.shape[1] // 2
+            return self.head(F.relu(z[:, :n]).mean(1) + z[:, n:].mean(1))
+
+    model = randomize(Net())
+    x = torch.randn(2, 6, 5)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.fc.out_features == 4
+    with torch.no_grad():
+        assert small(torch.randn(3, 10, 5)).shape == (3, 3)  # the bound is still read from the input
+
+
 class UnevenChunks(nn.Module):
     """EdgeNeXt's split of a stage's channels into uneven chunks, each through its own conv."""
 
