@@ -798,6 +798,10 @@ def getitem_rule(an, node):
     restricted = _restricted_channel_axes(idx, lay, len(shape))
     if restricted is None:
         return an.opaque(node, "indexing selects channels")
+    if restricted and all(type(item) is int for _, item, _ in restricted):
+        if not _tie_picked_axes(an, lay, [axis for _, _, axis in restricted]):
+            return an.opaque(node, "indexing picks single channels")
+        return reshape_rule(an, node)
     if restricted:
         if any(not _is_unit_slice(item) or lay.elems_along(axis, shape) is None for _, item, axis in restricted):
             return an.opaque(node, "indexing selects channels other than by a range")
@@ -807,6 +811,18 @@ def getitem_rule(an, node):
             an.subsets.append(out.all_elems())  # an empty range would leave ops a tensor of no channels
         return out
     return reshape_rule(an, node)
+
+
+def _tie_picked_axes(an, lay: Layout, axes: list[int]) -> bool:
+    """``qkv[0]`` of a (3, heads, head_dim) grid of channels (CaiT): every slice along a picked axis is
+    kept or removed in lockstep with the others, so no slice ever empties and the picked index stays
+    valid. False when channels vary along the picked axes only: each pick would be a single channel."""
+    if not set(lay.varying_dims()) - set(axes):
+        return False
+    for axis in axes:
+        slices = np.moveaxis(lay.index, axis, 0)
+        an.unify(slices[:1], slices)
+    return True
 
 
 def _restricted_channel_axes(idx, lay: Layout, ndim: int) -> list[tuple[int, Any, int]] | None:

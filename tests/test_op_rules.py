@@ -1160,6 +1160,48 @@ def test_a_token_slice_whose_bound_is_read_at_run_time_passes_channels():
         assert small(torch.randn(3, 10, 5)).shape == (3, 3)  # the bound is still read from the input
 
 
+class PickedQKV(nn.Module):
+    """Hand-written attention's ``q, k, v = qkv[0], qkv[1], qkv[2]`` of a (3, heads, head_dim) grid of
+    channels; q, k and v are combined element-wise here, so verify is exact."""
+
+    def __init__(self, dim=6, heads=2, head_dim=4):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, 3)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        out = (q * torch.sigmoid(k) + v).transpose(1, 2).reshape(B, N, -1)
+        return self.proj(out).mean(1)
+
+
+def test_picking_q_k_v_by_index_prunes_head_dims_in_lockstep():
+    model = randomize(PickedQKV())
+    x = torch.randn(2, 5, 6)
+    analysis = fxprune.analyze(model, x)
+    group = analysis.groups[analysis.member_groups("qkv", "out")[0]]
+    assert group.n_classes == 4 and not group.frozen  # dim j of q, k, v in both heads: one unit
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.qkv.out_features == 3 * 2 * 2 and small.proj.in_features == 2 * 2
+
+
+def test_picking_single_channels_by_index_freezes():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x)[:, 2:3] * self.conv(x)[:, 0].unsqueeze(1))
+
+    analysis = fxprune.analyze(randomize(Net()), torch.randn(2, 3, 4, 4))
+    group = analysis.groups[analysis.member_groups("conv", "out")[0]]
+    assert group.frozen and any("picks single channels" in str(r) for r in group.reasons)
+
+
 class UnevenChunks(nn.Module):
     """EdgeNeXt's split of a stage's channels into uneven chunks, each through its own conv."""
 
