@@ -414,7 +414,8 @@ def _rewrite_split(node, analysis, keep) -> None:
     src = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("tensor"))
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
     shapes = node.meta["fxprune.shape"]
-    axis = dim + len(shapes[0]) if dim < 0 else dim
+    axis = dim.meta["fxprune.value"] if isinstance(dim, torch.fx.Node) else dim  # a dim computed in the graph
+    axis = axis + len(shapes[0]) if axis < 0 else axis
     counts = [_kept_along(keep, lay.index, axis, shape[axis])
               for lay, shape in zip(analysis.node_layouts[node.name], shapes)]
     node.target = _AS_SPLIT.get(node.target, node.target)

@@ -1228,6 +1228,39 @@ def test_uneven_chunks_prune_each_piece_on_its_own():
     assert [small.get_submodule(f"branches.{i}").out_channels for i in range(3)] == sections
 
 
+SPLIT_FORMS = {
+    "method chunk, keywords": lambda t: t.chunk(chunks=2, dim=1),
+    "torch.chunk": lambda t: torch.chunk(t, 2, 1),
+    "method split by size": lambda t: t.split(4, 1),
+    "torch.split, keywords": lambda t: torch.split(t, split_size_or_sections=4, dim=1),
+    "method split by sections": lambda t: t.split([3, 5], dim=1),
+    "negative dim": lambda t: t.chunk(2, -3),
+    "dim computed in the graph": lambda t: t.chunk(2, t.dim() - 3),
+}
+
+
+class SwappedHalves(nn.Module):
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.stem, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        first, second = SPLIT_FORMS[self.form](self.stem(x))
+        return self.head(torch.cat([F.relu(second), first], 1))
+
+
+@pytest.mark.parametrize("form", list(SPLIT_FORMS))
+def test_every_call_form_of_chunk_and_split_becomes_a_split_into_kept_counts(form):
+    model = randomize(SwappedHalves(form))
+    x = torch.randn(2, 3, 5, 5)
+    sizes = [p.shape[1] for p in SPLIT_FORMS[form](torch.zeros(1, 8, 1, 1))]
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    (split,) = [n for n in small.graph.nodes if n.target in ("split", torch.split)]
+    kept = small.meta["fxprune.plan"].modules["stem"]["out"]
+    assert split.args[1] == [sum(1 for i in kept if i < sizes[0]), sum(1 for i in kept if i >= sizes[0])]
+
+
 class HeadChunks(nn.Module):
     """timm's MaxViT/EfficientFormer layout: a conv's channels viewed as heads x (3 * head_dim), then q, k, v
     chunked along the head dim; q goes on alone, k and v are multiplied (no channel is summed over)."""
