@@ -430,46 +430,47 @@ layout reorders, depthwise convs. And at batch 1 every op also pays a fixed per-
 does not touch (the op count is unchanged). So the speed-up follows the MAC reduction only where
 dense convs take nearly all of the time:
 
-* **resnet reaches the goal** (0.85-0.90 at batch 1, 0.89-0.97 at 32): dense convs are 84-87% of
-  resnet18's time and run at about their MAC reduction (3.3-3.9x for 3.75x). resnext50_32x4d reaches
-  it at batch 32 only (0.80 / 1.00).
+* **resnet reaches the goal** (0.87-0.96 at batch 1, 0.92-0.96 at 32): dense convs are 75-90% of
+  resnet18's time and run at about their MAC reduction (3.3-3.8x for 3.75x). resnext50_32x4d reaches
+  it at batch 32 only (0.82 / 0.93).
 * **Memory-bound non-conv work ("rest")** is the main cause elsewhere at batch 1. In the deployed graph
   every op that `optimize_for_inference` cannot keep in oneDNN layout gets a `to_dense`/`to_mkldnn`
   pair: efficientnet_b0 has 74 pairs (SiLU, squeeze-excitation), densenet121 62 pairs plus 62 batch
   norms that freezing cannot fold (pre-activation BN -> ReLU -> conv) and 62 concats, googlenet 36
   `to_dense` around its concats and max-pool branches, shufflenet 16 channel shuffles plus chunk/cat.
-  At batch 1 that rest is 61% of efficientnet_b0's time (speed-up 1.4x), 43% of shufflenet_v2_x1_0's
-  (1.3x), 33% of densenet121's and regnet_y_800mf's (1.6x, 1.8x: SE), 30% of mnasnet1_0's. With a
+  At batch 1 that rest is 61% of efficientnet_b0's time (speed-up 1.5x), 41% of shufflenet_v2_x1_0's
+  (1.3x), 31% of densenet121's and 29% of regnet_y_800mf's (1.7x, 1.9x: SE), 30% of mnasnet1_0's. With a
   share s of the time scaling at 1.4x and the other 1 - s at the MAC reduction R, the speed-up is at
   most 1 / ((1 - s) / R + s / 1.4): for s = 0.6, R = 3.6 that is 1.9x, a ratio of 0.51. No choice of
   channels reaches 0.85 there; fusing those ops in the runtime would. At batch 32 the same rest scales
   much better, and efficientnet, regnet_y, densenet and squeezenet reach the goal there.
 * **Depthwise convs** (mobilenet, efficientnet, mnasnet) lose only 2x MACs and are memory-bound:
-  1.4-1.5x at batch 1 for their 2x.
+  1.35-1.5x at batch 1 for their 2x.
 * **Batch 1 vs 32**: every family's ratio is higher at batch 32. At batch 1 the dense 1x1 convs of the
-  mobile nets speed up 2.0-2.5x for 4x MACs (small GEMMs, per-op cost); at batch 32 2.3-3.2x.
-* **Odd channel counts** matter, but less: after pruning 24-75% of the mobile nets' MACs (75-100% of the
+  mobile nets speed up 2.0-2.3x for 4x MACs (small GEMMs, per-op cost); at batch 32 3.3-4.4x.
+* **Odd channel counts** matter, but less: after pruning 24-75% of the mobile nets' MACs (83-99% of the
   ShuffleNets') are in convs whose channel count is not a multiple of 16 (oneDNN's AVX-512 fp32
   block). round_to=8 moves the mobile families' ratios by +0.03-0.10 at batch 1, largely because it keeps
-  more MACs. round_to=16 raises the batch-1 speed-up itself a little (efficientnet_b0 1.57x -> 1.68x,
-  mnasnet1_0 2.10x -> 2.21x) while keeping 14-22% more MACs, so the ratio rises more (0.44 -> 0.57,
-  0.59 -> 0.76). At batch 32 mobilenet_v2 (0.94), efficientnet_b0 (0.96) and mnasnet1_0 (0.92) reach
-  the goal with round_to=16, only by keeping more MACs (their speed-ups stayed or fell).
+  more MACs. round_to=16 raises the batch-1 speed-up itself a little (efficientnet_b0 1.63x -> 1.77x,
+  mnasnet1_0 2.19x -> 2.36x) while keeping 14-22% more MACs, so the ratio rises more (0.46 -> 0.59,
+  0.62 -> 0.81). At batch 32 mobilenet_v2 (0.87), efficientnet_b0 (1.27) and mnasnet1_0 (0.85) reach
+  the goal with round_to=16, mostly by keeping more MACs (their speed-ups moved by -2% to +3%).
 * **RegNet**: round_to counts channels, so a grouped conv's unit (a whole group of 8-24 channels)
   needs no extra rounding and round_to=8 prunes as much as none (regnet_x_800mf /3.32 both; an earlier
   run, before that fix, lost its MAC reduction from 3.3x to 2.1x there). At batch 1 its grouped convs
   give 1.75x for 2x MACs, and regnet_y adds SE blocks; at batch 32 both reach the goal.
-* **ShuffleNetV2**: its channel shuffles are pruned as gathers, so the stage streams prune (MACs /2.7-2.8;
-  when the shuffle tied each stream into one class, /2.0). It still falls short: its 1x1 convs lose 2.9x
-  of their MACs (4x in the other nets), and the gathers, chunks and concats (42-43% of the time) speed
-  up 1.3-1.5x.
-* **googlenet** (0.61 / 0.75): concat and max-pool branches in dense layout, as above. **squeezenet**
+* **ShuffleNetV2**: its channel shuffles are pruned as gathers and its chunks as splits into the halves'
+  kept counts, so every stream channel prunes on its own (MACs /3.0-3.5; /2.7-2.8 while the chunks paired
+  channels, /2.0 while the shuffle tied each stream into one class). It still falls short: its 1x1 convs
+  lose 3.6x of their MACs (4x in the other nets), and the gathers, splits and concats (41% of the time)
+  speed up 1.3x at batch 1, 2.0x at batch 32.
+* **googlenet** (0.61 / 0.76): concat and max-pool branches in dense layout, as above. **squeezenet**
   (0.68 at batch 1, 0.91 at 32): tiny fire-module convs (16-64 squeeze channels, 8-32 after pruning)
   at batch 1.
 
 Caveat: *rest* is model time minus the convs timed alone; where an isolated conv runs at another speed
-than in the graph the rest absorbs the error (mobilenet_v2's pruned depthwise convs at batch 32 run 4.5x
-faster alone for 2x MACs; densenet121's rest "speeds up" 5.2x at batch 32).
+than in the graph the rest absorbs the error (mobilenet_v2's pruned depthwise convs at batch 32 run 6.1x
+faster alone for 2x MACs; densenet121's rest "speeds up" 4.7x at batch 32).
 """
 
 
