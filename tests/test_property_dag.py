@@ -2,7 +2,8 @@
 
 Each generated network keeps a pool of tensors (same spatial size) and appends ops that read one or
 two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, residual add and
-multiply, SE gating, channel concat, chunk (halves added, or swapped: pruned apart), uneven split, channel slices (strided ones freeze),
+multiply, SE gating, channel concat, chunk (halves added, or swapped: pruned apart), uneven split, a view
+into two heads then chunked along the head dim or indexed by head, channel slices (strided ones freeze),
 channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a conv sharing an earlier conv's
 weight, ``F.conv2d`` on an earlier conv's weight, a transposed conv, a linear layer over channels
 (permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
@@ -25,7 +26,7 @@ from conftest import prune_and_check, randomize, rejecting_vacuous_examples
 
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
        "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
-       "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift", "halves"]
+       "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift", "halves", "heads", "pick"]
 EXAMPLES = int(os.environ.get("FXPRUNE_FUZZ_EXAMPLES", "100"))
 
 
@@ -70,9 +71,9 @@ class RandomGraphNet(nn.Module):
             out = ca
         elif op == "cat":
             out = ca + widths[b]
-        elif op in ("chunk", "shuffle", "halves") and ca % 2 or op in ("slice", "split") and ca <= 2:
+        elif op in ("chunk", "shuffle", "halves", "pick") and ca % 2 or op == "heads" and ca % 4 or op in ("slice", "split") and ca <= 2:
             return self._add(i, "relu", picks, w, widths)
-        elif op == "chunk":
+        elif op in ("chunk", "heads", "pick"):
             out = ca // 2
         elif op == "slice":
             out = ca - 2
@@ -150,6 +151,12 @@ class RandomGraphNet(nn.Module):
         if op == "halves":
             first, second = x.chunk(2, 1)
             return torch.cat([F.relu(second), first], 1)
+        if op in ("heads", "pick"):
+            n, c, h, w = x.shape
+            if op == "pick":
+                return x.view(n, 2, c // 2, h, w)[:, 1]
+            q, v = x.view(n, 2, c // 2, h * w).chunk(2, dim=2)
+            return (torch.sigmoid(q) * v).reshape(n, c // 2, h, w)
         if op == "slice":
             return x[:, 1:-1]
         if op == "shuffle":
