@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover
 from .errors import PASSES_DIR
 from .shapes import ShapeRunner
 
-__all__ = ["BranchDecider", "GUARD", "guard_reads", "value_ancestry"]
+__all__ = ["BranchDecider", "GUARD", "guard_reads", "size_reads", "value_ancestry"]
 
 #: The function a guard node calls.
 GUARD = torch._assert
@@ -158,10 +158,15 @@ def guard_reads(guard: torch.fx.Node) -> list[tuple[torch.fx.Node, set[int] | No
     """The tensors whose sizes a guard's condition is computed from, with the dims it reads
     (None: every dim, or a use not understood here)."""
     cond = guard.args[0]
-    if not isinstance(cond, torch.fx.Node):
-        return []
-    ancestry, readers = value_ancestry(cond, _is_tensor)
-    return [(tensor, _dims_read(reader, tensor, ancestry)) for reader, tensor in readers]
+    return size_reads(cond) if isinstance(cond, torch.fx.Node) else []
+
+
+def size_reads(value: torch.fx.Node) -> list[tuple[torch.fx.Node, set[int] | None]]:
+    """The tensors whose sizes ``value`` (a number or a shape computed in the graph) is computed from,
+    with the dims it reads (None: every dim, or a use not understood here)."""
+    ancestry, readers = value_ancestry(value, _is_tensor)
+    # a read that is the value itself (``x.reshape(y.shape)``) passes on every dim
+    return [(tensor, None if reader is value else _dims_read(reader, tensor, ancestry)) for reader, tensor in readers]
 
 
 def _is_tensor(node: torch.fx.Node) -> bool:

@@ -30,10 +30,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .branches import GUARD, guard_reads
+from .branches import GUARD, guard_reads, size_reads
 from .layout import Layout, unique_ints
 from .permutation import follow_channel_permutation, gather_rule
-from .shapes import SHAPE
+from .shapes import SHAPE, VALUE, shape_given_whole
 from .trace import computes_as
 
 __all__ = ["REGISTRY", "RuleRegistry"]
@@ -701,6 +701,8 @@ def reshape_rule(an, node):
     donors = [a for a in an.tensor_inputs(node) if a is not src]
     if donors and not _tie_to_shape_donors(an, out, donors):
         return an.opaque(node, "takes its shape from a tensor whose channels lie along other axes")
+    if has_sizes and shape_given_whole(node) and not _computed_shape_follows(an, node, out):
+        return an.opaque(node, "a reshape to a shape computed in the graph that fixes a channel count")
     if not _splits_a_permutation(an, node, src, lay, out):
         out = _keep_split_even(an, out)
     if has_sizes:
@@ -708,6 +710,22 @@ def reshape_rule(an, node):
         if not lay.varying_dims():  # one channel: which size of 1 is its axis cannot be told, so it stays
             an.freeze(lay, node, "a reshape with explicit sizes of a one-channel tensor")
     return out
+
+
+def _computed_shape_follows(an, node: torch.fx.Node, out: Layout) -> bool:
+    """A shape computed in the graph as a whole cannot be edited by the rewrite, so it is only right after
+    pruning if it infers every channel axis of the result (-1) and reads no channel count (timm's MaxViT:
+    ``x.reshape(restore_shape + (-1,))`` with ``restore_shape = x.shape[:-1]`` of a channels-last tensor).
+    Channel counts it reads are frozen where they are read: pruned, they would change the shape."""
+    reads_channels = False
+    for tensor, dims in size_reads(node.args[1]):
+        lay = an.layout(tensor)
+        channel_dims = set(lay.varying_dims()) if isinstance(lay, Layout) else set()
+        if channel_dims and (dims is None or dims & channel_dims):
+            an.freeze(lay, node, "a shape computed in the graph reads this channel count")
+            reads_channels = True
+    shape = node.args[1].meta[VALUE]
+    return not reads_channels and len(shape) == out.ndim and all(shape[d] == -1 for d in out.varying_dims())
 
 
 def _flat(args) -> list:

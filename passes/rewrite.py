@@ -30,6 +30,7 @@ from .graph_module import build_graph_module, modules_of
 from .hooks import derived_from
 from .layout import Layout
 from .plan import Plan, kept_mask, module_positions
+from .shapes import shape_given_whole
 
 __all__ = ["rewrite"]
 
@@ -359,6 +360,8 @@ def _rewrite_sizes(node, analysis, keep) -> None:
     args = list(node.args)
     packed = len(args) == 2 and isinstance(args[1], (tuple, list))
     sizes = list(args[1]) if packed else args[1:]
+    if shape_given_whole(node):
+        return  # the analysis froze its channels unless the shape infers every channel axis and reads none
     if len(sizes) != len(old):
         if old == new:
             return

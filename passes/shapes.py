@@ -28,7 +28,7 @@ from .errors import UntraceableModelError
 from .graph_module import modules_of
 from .modes import eval_mode
 
-__all__ = ["propagate_shapes", "ShapeRunner", "SHAPE", "VALUE", "shapes_of"]
+__all__ = ["propagate_shapes", "ShapeRunner", "SHAPE", "VALUE", "shapes_of", "shape_given_whole"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ _SAME_SHAPE_TYPES = {
     nn.AlphaDropout, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm,
     nn.GroupNorm, nn.LocalResponseNorm, nn.Softmax, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus,
 }
+
+
+def shape_given_whole(node: torch.fx.Node) -> bool:
+    """``x.reshape(shape)`` with ``shape`` computed in the graph as one value (``x.shape[:-1] + (-1,)``):
+    no rewrite can edit its entries one by one."""
+    return len(node.args) == 2 and isinstance(node.args[1], torch.fx.Node) and \
+        isinstance(node.args[1].meta.get(VALUE), (tuple, list))
 
 
 def shapes_of(inputs: Sequence[Any]) -> str:

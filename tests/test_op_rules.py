@@ -1202,6 +1202,40 @@ def test_picking_single_channels_by_index_freezes():
     assert group.frozen and any("picks single channels" in str(r) for r in group.reasons)
 
 
+class RestoreShape(nn.Module):
+    """timm's MaxViT attention: tokens flattened, then ``reshape(x.shape[:-1] + (-1,))`` back to a
+    channels-last image; ``keep_width`` instead reshapes to ``x.shape``, a computed shape that fixes
+    the channel count."""
+
+    def __init__(self, keep_width=False):
+        super().__init__()
+        self.keep_width = keep_width
+        self.embed, self.fc, self.head = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # x: (B, H, W, 3)
+        x = self.embed(x)
+        shape = x.shape if self.keep_width else x.shape[:-1] + (-1,)
+        tokens = F.relu(self.fc(x.flatten(1, 2)))
+        return self.head(tokens.reshape(shape)).mean((1, 2))
+
+
+def test_a_shape_computed_whole_prunes_when_it_infers_the_channel_axis():
+    model = randomize(RestoreShape())
+    x = torch.randn(2, 4, 4, 3)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.fc.out_features == 4 and small.embed.out_features == 4
+
+
+def test_a_shape_computed_whole_that_fixes_a_channel_count_freezes():
+    model = randomize(RestoreShape(keep_width=True))
+    x = torch.randn(2, 4, 4, 3)
+    analysis = fxprune.analyze(model, x)
+    group = analysis.groups[analysis.member_groups("fc", "out")[0]]
+    assert group.frozen and any("fixes a channel count" in str(r) for r in group.reasons)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.fc.out_features == 8
+
+
 class UnevenChunks(nn.Module):
     """EdgeNeXt's split of a stage's channels into uneven chunks, each through its own conv."""
 
