@@ -41,3 +41,24 @@ def test_timm_model_prunes_to_the_masked_original(name):
     mixing = any(g.mixing for g in prunable)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.3, strict=mixing)
     assert n_params(small) < 0.9 * n_params(model)
+
+
+#: models whose attention groups (mixing: q·k) are pruned by the default prune, with their sizes
+#: split into heads, chunked and restored from shapes computed in the graph
+ATTENTION = ["maxvit_nano_rw_256", "coatnet_nano_rw_224", "levit_128s"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ATTENTION)
+def test_default_prune_of_timm_attention_runs(name):
+    """Not strict: the mixing groups are pruned too, so the compact model only approximates the masked
+    original; it must still build, run at another batch size and be smaller."""
+    model = randomize(timm.create_model(name, pretrained=False, num_classes=10, img_size=64))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    small = fxprune.prune(model, x, criterion="l1", ratio=0.3)
+    assert any(g["mixing"] for g in small.meta["fxprune.plan"].to_dict()["groups"])
+    small.graph.lint()
+    with torch.no_grad():
+        out = small(torch.randn(3, 3, 64, 64))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    assert n_params(small) < 0.9 * n_params(model)
