@@ -51,7 +51,8 @@ def test_unknown_ratio_key(model):
 
 
 @pytest.mark.parametrize("criterion, options, message", [
-    ("l1", {"ratoi": 0.2}, r"criterion 'l1' has no option 'ratoi'; did you mean 'ratio'\? It takes no options"),
+    ("l1", {"ratoi": 0.2}, r"criterion 'l1' has no option 'ratoi'; did you mean 'ratio'\? It reads group_reduction"),
+    ("nonzero", {"ratoi": 0.2}, r"criterion 'nonzero' has no option 'ratoi'; did you mean 'ratio'\? It takes no options"),
     ("l1", {"threshold": 0.5}, r"criterion 'l1' does not use threshold="),
     ("coring", {"distnace": "E"}, r"no option 'distnace'; did you mean 'distance'\? It reads distance, rank, strategy"),
     ("fmc", {"K": 4}, r"no option 'K'; did you mean 'k'\?"),

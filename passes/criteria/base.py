@@ -84,12 +84,28 @@ class ScoringContext:
         return self._producers
 
     def class_sum(self, group: ChannelGroup, per_channel: Callable[[nn.Module], np.ndarray]) -> np.ndarray:
-        scores = np.zeros(group.n_classes)
+        """Each class's score from the per-filter scores of the filters writing it, reduced as
+        :meth:`reduce_writers` says."""
+        scores, writers = np.zeros(group.n_classes), np.zeros(group.n_classes)
         for p in self.producers(group):
             s = np.asarray(per_channel(p.module), dtype=np.float64)
             ok = p.classes >= 0
             scores += np.bincount(p.classes[ok], weights=s[ok], minlength=group.n_classes)
-        return scores
+            writers += np.bincount(p.classes[ok], minlength=group.n_classes)
+        return self.reduce_writers(scores, writers)
+
+    def reduce_writers(self, sums: np.ndarray, writers: np.ndarray) -> np.ndarray:
+        """The option ``group_reduction``: "sum" (the default) scores a class by the sum over the filters
+        writing it, "mean" by their mean. They rank alike where every class has as many writers; where
+        classes differ (a CSP net's split halves, one running through residual blocks), "sum" favours the
+        classes more layers write and "mean" compares them filter for filter."""
+        how = self.options.get("group_reduction", "sum")
+        if how == "sum":
+            return sums
+        if how == "mean":
+            return sums / np.maximum(writers, 1)
+        raise PlanError(f"group_reduction={how!r}: use 'sum' (the default: a class scores the sum over the filters "
+                        "writing it) or 'mean' (their mean)")
 
     def leader_first(self, group: ChannelGroup, per_producer: Callable[[Producer], np.ndarray]) -> np.ndarray:
         scores = np.full(group.n_classes, np.nan)
@@ -216,6 +232,10 @@ def _reduce_into(store: list, reducer):
         store.append(reducer(out.detach()))
 
     return hook
+
+
+#: The option of criteria that score a class from the filters writing it (ScoringContext.class_sum).
+WRITER_OPTIONS = frozenset({"group_reduction"})
 
 
 class Criterion:

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from . import register
-from .base import Criterion, ScoringContext
+from .base import WRITER_OPTIONS, Criterion, ScoringContext
 from .l1 import filter_l1
 
 __all__ = ["norm_gamma_sum", "BN"]
@@ -46,11 +46,12 @@ def norm_gamma_sum(ctx: ScoringContext, group) -> tuple[np.ndarray, np.ndarray]:
 
 class BN(Criterion):
     name = "bn"
+    options = WRITER_OPTIONS
 
     def score(self, ctx, group):
         scores, covered = norm_gamma_sum(ctx, group)
         if covered.all():
-            return scores
+            return ctx.reduce_writers(scores, covered)
         if "no-bn" not in _warned:
             _warned.add("no-bn")
             log.warning("criterion 'bn': group %d (%s ...) has channels without an affine norm; "

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..filters import filters
 from . import register
-from .base import Criterion
+from .base import WRITER_OPTIONS, Criterion
 
 __all__ = ["filter_l1", "L1"]
 
@@ -35,6 +35,7 @@ def filter_l1(module: nn.Module) -> np.ndarray:
 
 class L1(Criterion):
     name = "l1"
+    options = WRITER_OPTIONS
 
     def score(self, ctx, group):
         return ctx.class_sum(group, filter_l1)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..filters import filters
 from . import register
-from .base import Criterion
+from .base import WRITER_OPTIONS, Criterion
 
 __all__ = ["filter_l2", "L2"]
 
@@ -24,6 +24,7 @@ def filter_l2(module: nn.Module) -> np.ndarray:
 
 class L2(Criterion):
     name = "l2"
+    options = WRITER_OPTIONS
 
     def score(self, ctx, group):
         return ctx.class_sum(group, filter_l2)

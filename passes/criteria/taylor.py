@@ -27,7 +27,7 @@ from ..hooks import copy_model, value_holders
 from . import register
 from ..verify import main_output
 from ..modes import outside_inference_mode
-from .base import Criterion, ScoringContext
+from .base import WRITER_OPTIONS, Criterion, ScoringContext
 
 __all__ = ["taylor_scores", "Taylor"]
 
@@ -122,7 +122,7 @@ def _gradient_leaf(mod: nn.Module) -> torch.Tensor:
 
 class Taylor(Criterion):
     name = "taylor"
-    options = frozenset({"calibration_samples", "loss"})  # labelled data only: no random stand-in
+    options = frozenset({"calibration_samples", "loss"}) | WRITER_OPTIONS  # labelled data only: no random stand-in
 
     def score(self, ctx, group):
         scores = taylor_scores(ctx)
