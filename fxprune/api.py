@@ -99,6 +99,7 @@ def plan(model: nn.Module, example_inputs=None, *, criterion: str = "l1", ratio:
         "grouped_convs": grouped_convs,
         "ignore": list(ignore),
         "input_shape": [list(x.shape) for x in analysis.inputs],
+        "criterion_options": criterion_options,  # distance, k, group_reduction, seed, ...: what the scores used
     }
     result = make_plan(analysis, kept, _json_safe(record))
     if not result.groups and not _zero_budget(ratio):

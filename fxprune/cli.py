@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grouped-convs", choices=["whole", "within", "auto"], default="whole",
                    help="grouped convs lose whole groups (default), or the same channels in every group (as "
                         "Torch-Pruning); auto: whichever gives the conv more choices")
+    p.add_argument("--group-reduction", choices=["sum", "mean"],
+                   help="l1, l2, bn, taylor: a class scores the sum (default) or the mean over the filters writing it")
     p.add_argument("--recalibrate-bn", type=_positive, metavar="N",
                    help="after the check, re-measure BatchNorm statistics on N training images of --dataset")
     p.add_argument("--out", required=True, help="output folder")
@@ -275,8 +277,8 @@ def _cmd_prune(args) -> tuple[dict, str]:
     source = _source(args)
     r = ex.prune_to_dir(source, args.criterion, _budget(args), args.out, data=calib,
                         round_to=args.round_to, ignore=args.ignore, grouped_convs=args.grouped_convs,
-                        bn_data=_bn_data(args),
-                        bn_images=args.recalibrate_bn or 0)
+                        bn_data=_bn_data(args), bn_images=args.recalibrate_bn or 0,
+                        criterion_options={"group_reduction": args.group_reduction} if args.group_reduction else None)
     budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items()) or "default budget"
     data = f"calibration: {args.calib_samples} {args.dataset} training images" if calib else \
         "calibration: none (data-driven criteria score random inputs)"

@@ -366,19 +366,20 @@ class Budget:
 
 
 def prune_model(model: nn.Module, x: torch.Tensor, criterion: str, budget: Budget, data=None,
-                round_to: int | None = None, ignore=(), grouped_convs: str = "whole") -> torch.fx.GraphModule:
-    """fxprune.prune with the budget's keywords."""
+                round_to: int | None = None, ignore=(), grouped_convs: str = "whole",
+                criterion_options: dict | None = None) -> torch.fx.GraphModule:
+    """fxprune.prune with the budget's keywords (and the criterion's options, e.g. group_reduction)."""
     return fxprune.prune(model, x, criterion=criterion, data=data, round_to=round_to, ignore=tuple(ignore),
-                         grouped_convs=grouped_convs, **budget.kwargs())
+                         grouped_convs=grouped_convs, **budget.kwargs(), **(criterion_options or {}))
 
 
 def _prune_and_measure(source: ModelSource, criterion: str, budget: Budget, data, round_to, ignore,
-                       grouped_convs: str = "whole"):
+                       grouped_convs: str = "whole", criterion_options: dict | None = None):
     """Prune, check masked equivalence, count: the shared core of `prune` and experiments."""
     _require_fx(source, "prune")
     x = example_input(source.input_size)
     model = source.model.cpu().eval()
-    small = prune_model(model, x, criterion, budget, data, round_to, ignore, grouped_convs)
+    small = prune_model(model, x, criterion, budget, data, round_to, ignore, grouped_convs, criterion_options)
     err = fxprune.verify(model, small, _verification_images(data, x), rtol=1e-4)
     rep = _report(model, small, x, print_table=False)
     return small, x, err, rep
@@ -394,12 +395,13 @@ def _verification_images(data, fallback: torch.Tensor, count: int = 16) -> torch
 
 def prune_to_dir(source: ModelSource, criterion: str, budget: Budget, out, *, data=None,
                  round_to: int | None = None, ignore=(), grouped_convs: str = "whole", bn_data=None,
-                 bn_images: int = 0) -> dict:
+                 bn_images: int = 0, criterion_options: dict | None = None) -> dict:
     """Prune ``source`` and write model.pt, plan.json, report.json, saved/ and meta.json to ``out``.
 
     ``bn_images > 0``: after the check, the compact model's BatchNorm statistics are measured anew on that
     many images of ``bn_data`` (:func:`fxprune.recalibrate_bn`)."""
-    small, x, err, rep = _prune_and_measure(source, criterion, budget, data, round_to, ignore, grouped_convs)
+    small, x, err, rep = _prune_and_measure(source, criterion, budget, data, round_to, ignore, grouped_convs,
+                                            criterion_options)
     plan = small.meta["fxprune.plan"]
     recalibrated = fxprune.recalibrate_bn(small, bn_data, images=bn_images) if bn_images else 0
     report = {**rep.to_dict(), "input_shape": list(x.shape), "verify_error": err,

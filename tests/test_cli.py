@@ -273,6 +273,16 @@ def test_recalibrate_bn_without_a_dataset_exits_2(work):
     assert not (work / "nope").exists()
 
 
+def test_prune_group_reduction_reaches_the_plan(work):
+    out = work / "mean"
+    cli("prune", "--model", "resnet20", "--criterion", "l1", "--ratio", "0.3", "--group-reduction", "mean",
+        "--out", out, "--json")
+    assert json.loads((out / "plan.json").read_text())["options"]["criterion_options"] == {"group_reduction": "mean"}
+    proc = cli("prune", "--model", "resnet20", "--criterion", "graph", "--group-reduction", "mean",
+               "--out", work / "graph-mean", expect=2)
+    assert "has no option 'group_reduction'" in proc.stderr and not (work / "graph-mean").exists()
+
+
 def test_prune_grouped_convs_within(work):
     """--grouped-convs reaches the plan: RegNet's grouped convs keep every group, narrower."""
     out = work / "regnet"
