@@ -165,8 +165,7 @@ def _couple_conv_groups(an, node, g: int, in_elems: np.ndarray | None, out: Layo
         _unite_conv_groups(an, node, g, in_elems, out)
         return
     for elems in (in_elems, out_elems):  # position j of every group is one unit; inputs and outputs apart
-        per_group = elems.reshape(g, -1)
-        an.unify(np.broadcast_to(per_group[:1], per_group[1:].shape), per_group[1:])
+        _tie_slices_along(an, elems.reshape(g, -1), 0)
 
 
 def _unite_conv_groups(an, node, g: int, in_elems: np.ndarray | None, out: Layout) -> None:
@@ -794,11 +793,22 @@ def _keep_split_even(an, lay: Layout) -> Layout:
     dims = lay.varying_dims()
     if len(dims) <= 1:
         return lay
-    inner = dims[-1]
-    moved = np.moveaxis(lay.index, inner, -1).reshape(-1, lay.index.shape[inner])
-    for row in moved[1:]:
-        an.unify(moved[0], row)
+    _tie_positions_across(an, lay.index, dims[-1])
     return lay
+
+
+def _tie_positions_across(an, index: np.ndarray, axis: int) -> None:
+    """Position j of ``axis`` is one unit across all the other axes: whatever is kept, every slice along
+    the other axes keeps the same positions (a view's grid, chunked heads)."""
+    rows = np.moveaxis(index, axis, 0).reshape(index.shape[axis], -1)
+    an.unify(rows[:, :1], rows)
+
+
+def _tie_slices_along(an, index: np.ndarray, axis: int) -> None:
+    """Every slice along ``axis`` is kept or removed in lockstep with the first, so none ever empties and
+    their count never changes (unbound or picked q, k, v)."""
+    slices = np.moveaxis(index, axis, 0)
+    an.unify(slices[:1], slices)
 
 
 @REGISTRY.function(operator.getitem)
@@ -838,8 +848,7 @@ def _tie_picked_axes(an, lay: Layout, axes: list[int]) -> bool:
     if not set(lay.varying_dims()) - set(axes):
         return False
     for axis in axes:
-        slices = np.moveaxis(lay.index, axis, 0)
-        an.unify(slices[:1], slices)
+        _tie_slices_along(an, lay.index, axis)
     return True
 
 
@@ -901,8 +910,7 @@ def split_rule(an, node):
     if dim not in lay.varying_dims():
         return tuple(lay for _ in pieces)
     if len(lay.varying_dims()) > 1:
-        rows = np.moveaxis(lay.index, dim, 0).reshape(shape[dim], -1)
-        an.unify(rows[:, :1], rows)  # position j of the split axis: one unit across the other axes
+        _tie_positions_across(an, lay.index, dim)
     parts = np.split(lay.index, np.cumsum([p[dim] for p in pieces])[:-1], axis=dim)
     an.shape_edits[node.name] = "split_sections"
     an.subsets.extend(unique_ints(p) for p in parts)  # a piece pruned to no channel would leave its readers nothing
@@ -930,10 +938,8 @@ def unbind_rule(an, node):
         return tuple(Layout(np.squeeze(lay.index, dim)) for _ in range(shape[dim]))
     if lay.varying_dims() == [dim]:
         return an.opaque(node, "unbind makes every channel a tensor of its own")
-    pieces = [np.take(lay.index, i, axis=dim) for i in range(shape[dim])]
-    for p in pieces[1:]:
-        an.unify(pieces[0], p)
-    return tuple(Layout(np.ascontiguousarray(p)) for p in pieces)
+    _tie_slices_along(an, lay.index, dim)
+    return tuple(Layout(np.ascontiguousarray(np.take(lay.index, i, axis=dim))) for i in range(shape[dim]))
 
 
 # ---------------------------------------------------------------------------------------------

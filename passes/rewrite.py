@@ -30,7 +30,7 @@ from .graph_module import build_graph_module, modules_of
 from .hooks import derived_from
 from .layout import Layout
 from .plan import Plan, kept_mask, module_positions
-from .shapes import shape_given_whole
+from .shapes import SHAPE, VALUE, shape_given_whole
 
 __all__ = ["rewrite"]
 
@@ -416,8 +416,8 @@ def _rewrite_split(node, analysis, keep) -> None:
     """A chunk or split of the channel axis becomes a split into each piece's kept count."""
     src = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("tensor"))
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    shapes = node.meta["fxprune.shape"]
-    axis = dim.meta["fxprune.value"] if isinstance(dim, torch.fx.Node) else dim  # a dim computed in the graph
+    shapes = node.meta[SHAPE]
+    axis = dim.meta[VALUE] if isinstance(dim, torch.fx.Node) else dim  # a dim computed in the graph
     axis = axis + len(shapes[0]) if axis < 0 else axis
     counts = [_kept_along(keep, lay.index, axis, shape[axis])
               for lay, shape in zip(analysis.node_layouts[node.name], shapes)]
