@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import warnings
 
 import hypothesis
@@ -11,6 +12,11 @@ import torch
 from torch import nn
 
 import fxprune
+
+
+def fuzz_examples(ci_default: int) -> int:
+    """Examples per property test: CI's count, or ``FXPRUNE_FUZZ_EXAMPLES`` for a longer search."""
+    return int(os.environ.get("FXPRUNE_FUZZ_EXAMPLES", ci_default))
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

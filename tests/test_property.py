@@ -1,11 +1,14 @@
-"""Property: plan -> apply -> verify holds on randomly generated networks."""
+"""Property: plan -> apply -> verify holds on randomly generated networks.
+
+``FXPRUNE_FUZZ_EXAMPLES=2000`` runs a longer search than CI's.
+"""
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import prune_and_check, randomize, rejecting_vacuous_examples
+from conftest import fuzz_examples, prune_and_check, randomize, rejecting_vacuous_examples
 
 BLOCKS = ["conv", "grouped", "depthwise", "bn", "relu", "add", "cat", "pad", "pool", "se"]
 
@@ -71,7 +74,7 @@ class RandomNet(nn.Module):
         return self.out(F.relu(self.head(torch.flatten(x, 1))))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     blocks=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=8),
     widths=st.lists(st.integers(2, 12), min_size=8, max_size=8),

@@ -30,9 +30,8 @@ def _init(model):
             nn.init.zeros_(m.bias)
 
 
-# ----------------------------------------------------------------- RGD family
-class ProjBlock(nn.Module):
-    """BasicBlock with an optional projection ``downsample`` (RGD, §6.2)."""
+class _BasicBlock(nn.Module):
+    """conv-bn-relu-conv-bn, the residual branch both families share; the subclass adds its shortcut."""
 
     def __init__(self, cin, cout, stride=1):
         super().__init__()
@@ -42,14 +41,24 @@ class ProjBlock(nn.Module):
         self.conv2 = conv3x3(cout, cout)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU()
+
+    def residual(self, x):
+        return self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+
+
+# ----------------------------------------------------------------- RGD family
+class ProjBlock(_BasicBlock):
+    """BasicBlock with an optional projection ``downsample`` (RGD, §6.2)."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, stride)
         self.downsample = None
         if stride != 1 or cin != cout:
             # RGD projects with a 3x3 stride-2 conv (not the usual 1x1).
             self.downsample = nn.Sequential(conv3x3(cin, cout, stride), nn.BatchNorm2d(cout))
 
     def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.residual(x)
         identity = x if self.downsample is None else self.downsample(x)
         return self.relu2(out + identity)
 
@@ -91,25 +100,17 @@ class ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
 
 
-class OptionABlock(nn.Module):
+class OptionABlock(_BasicBlock):
     """HRank BasicBlock: conv-bn-relu-conv-bn, + shortcut, relu (§6.1)."""
 
     def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = conv3x3(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu2 = nn.ReLU()
+        super().__init__(cin, cout, stride)
         self.shortcut = nn.Sequential()  # identity; fx traces it away (no node)
         if stride != 1 or cin != cout:
             self.shortcut = ShortcutA(cin, cout, stride)
 
     def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        return self.relu2(self.residual(x) + self.shortcut(x))
 
 
 class ResNetOptionA(nn.Module):
