@@ -451,7 +451,8 @@ def _rewrite_normalized_shape(gm, node, analysis, keep) -> None:
 ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softsign, nn.LogSigmoid,
+    nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.RReLU,
 )
 SPATIAL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -463,11 +464,16 @@ ELEMENTWISE_FUNCTIONS = (
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
     F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.sigmoid,
     F.tanh, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt,
-    torch.clamp, torch.clone, torch.nn.functional.alpha_dropout, operator.neg, torch.erf,
+    torch.clone, torch.nn.functional.alpha_dropout, operator.neg, torch.erf, torch.log, torch.log1p,
+    torch.rsqrt, torch.reciprocal, torch.square, torch.sin, torch.cos, torch.floor, torch.ceil, torch.round,
+    torch.sign, torch.nan_to_num, torch.logical_not, F.softsign, F.logsigmoid, F.tanhshrink, F.softshrink,
+    F.hardshrink, F.threshold, F.rrelu,
 )
 ELEMENTWISE_METHODS = (
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clone", "contiguous", "exp",
-    "abs", "neg", "sqrt", "float", "half", "to", "type_as", "detach", "mul_scalar", "erf", "__neg__",
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clone", "contiguous", "exp", "abs", "neg", "sqrt",
+    "float", "half", "double", "bfloat16", "bool", "int", "long", "to", "type_as", "detach", "mul_scalar",
+    "erf", "__neg__", "log", "log1p", "rsqrt", "reciprocal", "square", "sin", "cos", "floor", "ceil", "round",
+    "sign", "nan_to_num", "logical_not",
 )
 SPATIAL_FUNCTIONS = (
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
@@ -475,6 +481,11 @@ SPATIAL_FUNCTIONS = (
     F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.upsample,
     torch.max_pool2d, torch.avg_pool1d, torch.adaptive_avg_pool1d,
 )
+
+
+#: Element-wise comparisons, whose operands broadcast like ``a + b``'s.
+COMPARISONS = (operator.gt, operator.lt, operator.ge, operator.le, operator.eq, operator.ne,
+               torch.gt, torch.lt, torch.ge, torch.le, torch.eq, torch.ne)
 
 
 def _stochastic_depth_targets() -> tuple:
@@ -520,14 +531,19 @@ def _spatial_layout(an, node, lay: Layout) -> Layout:
 # unify: element-wise binary ops with broadcasting
 # ---------------------------------------------------------------------------------------------
 @REGISTRY.function(operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
-                   operator.isub, operator.imul, torch.add, torch.sub, torch.mul, torch.div,
-                   torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.addcdiv)
-@REGISTRY.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__")
+                   operator.isub, operator.imul, operator.pow, torch.add, torch.sub, torch.mul, torch.div,
+                   torch.pow, torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.addcdiv,
+                   torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, torch.masked_fill, *COMPARISONS)
+@REGISTRY.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__", "pow",
+                 "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_max", "masked_fill", "masked_fill_",
+                 "gt", "lt", "ge", "le", "eq", "ne")
 def binary_rule(an, node):
     """Operands broadcast against each other; channels at the same output position are united.
 
     An SE block's ``x * scale`` (scale of shape N,C,1,1) unites the scale's producer with x's
     channels. A parameter operand (``get_attr``, e.g. a layer scale) is sliced along with them.
+    Clamps and masked fills are binary too: a bound or mask that is a tensor (``x.clamp(min=t)``)
+    holds channels that must line up with x's.
     """
     out_shape = an.shape(node)
     if out_shape is None:

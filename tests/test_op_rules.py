@@ -1406,3 +1406,47 @@ def test_a_channel_range_of_a_shuffled_tensor():
     model = randomize(ShuffleThenRange())
     small, _ = prune_and_check(model, torch.randn(2, 3, 6, 6), criterion="l1", ratio=0.5)
     assert small.stem.out_channels < 8 and any(n.target is torch.index_select for n in small.graph.nodes)
+
+
+class ClampByAnotherBranch(nn.Module):
+    """``a(x).clamp(min=...)`` with a per-channel bound computed by another conv: the bound's channels meet
+    a's channel for channel, so the two convs must keep the same channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.clamp(self.a(x), min=F.adaptive_avg_pool2d(self.b(x), 1)))
+
+
+def test_a_clamp_bound_from_another_conv_unites_the_two_convs_channels():
+    model, x = randomize(ClampByAnotherBranch()).eval(), torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    kept = small.meta["fxprune.plan"].to_dict()["modules"]
+    assert kept["a"]["out"] == kept["b"]["out"] and len(kept["a"]["out"]) == 4
+
+
+class ElementwiseZoo(nn.Module):
+    """Comparisons, powers, masked fills and unary math between two convs: channel c stays channel c."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.act = nn.Softsign()
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = torch.where(y > 0, y, -y.pow(2)) + (y >= 1).float() * torch.rsqrt(y.square() + 1)
+        y = self.act(y.masked_fill(y.abs() < 0.1, 0.0)) + F.logsigmoid(y).sin() + torch.log1p(y.abs()).floor()
+        return self.head(self.b(y).clamp(-1, 1) * 2 ** self.b(y).ne(0).long())
+
+
+def test_comparisons_powers_masked_fills_and_unary_math_pass_channels():
+    model, x = randomize(ElementwiseZoo()).eval(), torch.randn(2, 3, 8, 8)
+    analysis = fxprune.analyze(model, x)
+    assert not [r for r in analysis.frozen_reasons if "rule" in r.reason]
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.a.out_channels == 4 and small.b.out_channels == 4

@@ -4,8 +4,8 @@ Each generated network keeps a pool of tensors (same spatial size) and appends o
 two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, residual add and
 multiply, SE gating, channel concat, chunk (halves added, or swapped: pruned apart), uneven split, a view
 into two heads then chunked along the head dim or indexed by head, channel slices (strided ones freeze),
-channel shuffle, repeat, roll and flip, channel pad, ``torch.where``, a conv sharing an earlier conv's
-weight, ``F.conv2d`` on an earlier conv's weight, a transposed conv, a linear layer over channels
+channel shuffle, repeat, roll and flip, channel pad, ``torch.where`` on a comparison, a clamp bounded by
+another tensor's spatial means per channel, a masked fill, a conv sharing an earlier conv's weight, ``F.conv2d`` on an earlier conv's weight, a transposed conv, a linear layer over channels
 (permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
 channels and must freeze), pooling and upsampling. A head reads a random subset of the pool. Pruned
 with ``l1`` at a random ratio, per group or network-wide, optionally ``round_to``, and ``strict``
@@ -24,7 +24,8 @@ from conftest import fuzz_examples, prune_and_check, randomize, rejecting_vacuou
 
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
        "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
-       "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift", "halves", "heads", "pick"]
+       "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift", "halves", "heads", "pick", "clamp",
+       "maskfill"]
 
 
 class RandomGraphNet(nn.Module):
@@ -88,7 +89,7 @@ class RandomGraphNet(nn.Module):
             out = ca - 1  # the larger part of sections (1, C - 1)
         elif op == "stride":
             out = (ca + 1) // 2
-        elif op == "where":
+        elif op in ("where", "clamp", "maskfill"):  # b's channels meet a's: projected to a's width
             if widths[b] != ca:
                 self.layers[name] = nn.Conv2d(widths[b], ca, 1)
             out = ca
@@ -180,6 +181,11 @@ class RandomGraphNet(nn.Module):
         if op == "where":
             y = layer(y) if layer is not None else y
             return torch.where(y > 0, x, -x)
+        if op in ("clamp", "maskfill"):
+            y = layer(y) if layer is not None else y
+            if op == "clamp":  # a per-channel bound computed from another tensor
+                return x.clamp(min=F.adaptive_avg_pool2d(y, 1))
+            return x.masked_fill(y.abs() > 1, 0.0).pow(2)
         if op == "upsample":
             return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
         if op == "dense":
@@ -188,28 +194,50 @@ class RandomGraphNet(nn.Module):
         return F.max_pool2d(x, 3, 1, 1)
 
 
-@settings(max_examples=fuzz_examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+GRAPHS = dict(
     steps=st.lists(st.tuples(st.sampled_from(OPS), st.tuples(st.integers(0, 50), st.integers(0, 50)),
                              st.integers(2, 10)), min_size=1, max_size=10),
     head_picks=st.lists(st.integers(0, 50), min_size=1, max_size=3),
-    ratio=st.floats(0.0, 0.8),
-    round_to=st.sampled_from([None, 2]),
-    global_ratio=st.booleans(),
     seed=st.integers(0, 1000),
     grouped_convs=st.sampled_from(["whole", "within", "auto"]),
 )
+
+
+def _net_and_input(steps, head_picks, seed, grouped_convs):
+    """The generated network, its example input, and whether to plan ``strict`` (mixing groups frozen, so
+    verify is exact; which groups mix depends on how grouped convs couple channels)."""
+    net = randomize(RandomGraphNet(steps, head_picks), seed)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return net, x, bool(fxprune.analyze(net, x, grouped_convs=grouped_convs).mixing_groups())
+
+
+@settings(max_examples=fuzz_examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**GRAPHS, ratio=st.floats(0.0, 0.8), round_to=st.sampled_from([None, 2]), global_ratio=st.booleans())
 @example(  # a LayerNorm group that mixes only when grouped convs couple positions within their groups
     steps=[("conv3", (0, 0), 2), ("conv3", (0, 0), 2), ("chanmean", (0, 0), 2), ("grouped", (0, 0), 8),
            ("layernorm", (24, 0), 2)],
     head_picks=[29], ratio=0.5, round_to=None, global_ratio=False, seed=0, grouped_convs="within")
 def test_plan_apply_verify_on_random_graphs(steps, head_picks, ratio, round_to, global_ratio, seed, grouped_convs):
-    net = randomize(RandomGraphNet(steps, head_picks), seed)
-    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
-    # mixing groups frozen, so verify is exact; which groups mix depends on how grouped convs couple channels
-    strict = bool(fxprune.analyze(net, x, grouped_convs=grouped_convs).mixing_groups())
+    net, x, strict = _net_and_input(steps, head_picks, seed, grouped_convs)
     with rejecting_vacuous_examples():
         small, _ = prune_and_check(net, x, criterion="l1", ratio=ratio, round_to=round_to,
                                    global_ratio=global_ratio, strict=strict, grouped_convs=grouped_convs)
     assert small(x).shape == (2, 6)
 
+
+@settings(max_examples=fuzz_examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**GRAPHS, criterion=st.sampled_from(fxprune.criteria()), ratio=st.floats(0.0, 0.8),
+       global_ratio=st.booleans(), threshold=st.none() | st.floats(0.05, 1.0))
+def test_every_criterion_keeps_the_compact_model_exact_on_random_graphs(steps, head_picks, seed, grouped_convs,
+                                                                        criterion, ratio, global_ratio, threshold):
+    """Whatever a criterion scores (weights, BN scales, feature maps and gradients of calibration batches,
+    tensor decompositions, clusters), the compact model it plans is the masked original."""
+    net, x, strict = _net_and_input(steps, head_picks, seed, grouped_convs)
+    g = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 6, (4,), generator=g))]
+    budget = {"threshold": threshold} if criterion == "graph" and threshold is not None else \
+        {"ratio": ratio, "global_ratio": global_ratio}
+    with rejecting_vacuous_examples():
+        small, _ = prune_and_check(net, x, criterion=criterion, data=data, strict=strict,
+                                   grouped_convs=grouped_convs, **budget)
+    assert small(x).shape == (2, 6)
