@@ -467,7 +467,8 @@ ELEMENTWISE_FUNCTIONS = (
     torch.clone, torch.nn.functional.alpha_dropout, operator.neg, torch.erf, torch.log, torch.log1p,
     torch.rsqrt, torch.reciprocal, torch.square, torch.sin, torch.cos, torch.floor, torch.ceil, torch.round,
     torch.sign, torch.nan_to_num, torch.logical_not, F.softsign, F.logsigmoid, F.tanhshrink, F.softshrink,
-    F.hardshrink, F.threshold, F.rrelu,
+    F.hardshrink, F.threshold, F.rrelu, torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
+    torch.rand_like, torch.randn_like,
 )
 ELEMENTWISE_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clone", "contiguous", "exp", "abs", "neg", "sqrt",
@@ -502,7 +503,8 @@ def _stochastic_depth_targets() -> tuple:
 @REGISTRY.function(*ELEMENTWISE_FUNCTIONS, *_stochastic_depth_targets())
 @REGISTRY.method(*ELEMENTWISE_METHODS)
 def elementwise_rule(an, node):
-    """Output channel c depends on input channel c only, on any axis."""
+    """Output channel c depends on input channel c only, on any axis (a ``zeros_like`` holds no value of its
+    input, but its channel c stands where the input's channel c stood)."""
     src = _first_tensor(an, node)
     return an.layout(src) if src is not None else None
 
@@ -533,8 +535,9 @@ def _spatial_layout(an, node, lay: Layout) -> Layout:
 @REGISTRY.function(operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
                    operator.isub, operator.imul, operator.pow, torch.add, torch.sub, torch.mul, torch.div,
                    torch.pow, torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.addcdiv,
-                   torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, torch.masked_fill, *COMPARISONS)
-@REGISTRY.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__", "pow",
+                   torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, torch.masked_fill, torch.lerp,
+                   *COMPARISONS)
+@REGISTRY.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__", "pow", "lerp",
                  "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_max", "masked_fill", "masked_fill_",
                  "gt", "lt", "ge", "le", "eq", "ne")
 def binary_rule(an, node):
@@ -636,23 +639,53 @@ def _vector_behind(an, const: torch.fx.Node) -> torch.fx.Node | None:
 # ---------------------------------------------------------------------------------------------
 @REGISTRY.function(torch.cat, torch.concat, torch.concatenate)
 def cat_rule(an, node):
-    """cat on the channel axis joins element lists (DenseNet, inception); on another axis it unites them."""
+    """cat on the channel axis joins element lists (DenseNet, inception); on another axis it unites them.
+    The pieces may be one node holding them all (``torch.cat(x.chunk(2, 1)[::-1], 1)``)."""
     tensors = _arg(node, 0, "tensors")
     dim = _arg(node, 1, "dim", 0)
     out_shape = an.shape(node)
     nd = len(out_shape)
     dim = _norm_dim(an.value(dim), nd)
-    layouts = [an.layout(t) for t in tensors]
+    layouts, shapes = _pieces(an, tensors)
+    if layouts is None:
+        return an.opaque(node, "concatenation of a sequence whose pieces cannot be followed")
     if any(l is None for l in layouts):
         return _cat_with_constants(an, node, tensors, layouts, dim)
-    if all(l.elems_along(dim, an.shape(t)) is not None for l, t in zip(layouts, tensors)):
-        elems = np.concatenate([l.elems_along(dim, an.shape(t)) for l, t in zip(layouts, tensors)])
+    if all(l.elems_along(dim, shape) is not None for l, shape in zip(layouts, shapes)):
+        elems = np.concatenate([l.elems_along(dim, shape) for l, shape in zip(layouts, shapes)])
         return Layout.along(elems, dim, nd)
     if all(dim not in l.varying_dims() for l in layouts):
         out = _broadcast_union(an, node, layouts)
         if out is not None:
             return Layout(out)
     return an.opaque(node, "concatenation mixes channel axes")
+
+
+def _pieces(an, tensors) -> tuple[list | None, list | None]:
+    """Layouts and shapes of the tensors a cat or stack joins: a list of nodes, or one node holding them
+    all (None, None when that node's pieces are not all followed)."""
+    if not isinstance(tensors, torch.fx.Node):
+        return [an.layout(t) for t in tensors], [an.shape(t) for t in tensors]
+    layouts, shapes = an.layout(tensors), tensors.meta.get(SHAPE)
+    if isinstance(layouts, tuple) and isinstance(shapes, tuple) and all(isinstance(l, Layout) for l in layouts):
+        return list(layouts), list(shapes)
+    return None, None
+
+
+@REGISTRY.function(torch.stack)
+def stack_rule(an, node):
+    """``torch.stack`` of equally shaped tensors: channels at the same position are united (as ``a + b``
+    would), and the new axis carries none of them (CrossViT's stacked branch tokens)."""
+    layouts, _ = _pieces(an, _arg(node, 0, "tensors"))
+    if layouts is None or any(l is None for l in layouts):
+        if layouts is not None and all(l is None for l in layouts):
+            return None
+        return an.opaque(node, "stack of channels with untracked tensors")
+    out = _broadcast_union(an, node, layouts)
+    if out is None:
+        return an.opaque(node, "stack of tensors whose channels lie along different axes")
+    nd = len(an.shape(node))
+    return Layout(np.expand_dims(out, _norm_dim(an.value(_arg(node, 1, "dim", 0)), nd)))
 
 
 def _cat_with_constants(an, node, tensors, layouts, dim):

@@ -1450,3 +1450,69 @@ def test_comparisons_powers_masked_fills_and_unary_math_pass_channels():
     assert not [r for r in analysis.frozen_reasons if "rule" in r.reason]
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
     assert small.a.out_channels == 4 and small.b.out_channels == 4
+
+
+class CatOfOneSequence(nn.Module):
+    """``torch.cat`` handed one node that holds all the pieces (a chunk, or a slice of its pieces)."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.form == "swapped halves":
+            return self.head(torch.cat(y.chunk(2, 1)[::-1], 1))
+        if self.form == "split whole":
+            return self.head(torch.cat(torch.split(y, [3, 5], 1), 1))
+        if self.form == "spatial halves":
+            return self.head(torch.cat(y.chunk(2, 2)[::-1], 2))
+        return self.head(torch.cat(y.chunk(2, 1)[1:], 1).repeat(1, 2, 1, 1))  # the second half, twice
+
+
+@pytest.mark.parametrize("form", ["swapped halves", "split whole", "spatial halves", "second half"])
+def test_cat_of_one_node_holding_the_pieces(form):
+    model, x = randomize(CatOfOneSequence(form)).eval(), torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    assert small.a.out_channels == 4
+
+
+class LikeAndLerp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y, z = self.a(x), self.b(x)
+        return self.head(torch.lerp(y, z, torch.sigmoid(z)) + torch.full_like(y, 0.5) * torch.ones_like(z))
+
+
+def test_lerp_unites_its_operands_and_like_constructors_follow_their_input():
+    model, x = randomize(LikeAndLerp()).eval(), torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    kept = small.meta["fxprune.plan"].to_dict()["modules"]
+    assert kept["a"]["out"] == kept["b"]["out"] and len(kept["a"]["out"]) == 4
+
+
+class StackedBranches(nn.Module):
+    """Two branches stacked on a new axis, then summed over it or interleaved into the channel axis."""
+
+    def __init__(self, interleave):
+        super().__init__()
+        self.interleave = interleave
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(16 if interleave else 8, 4, 1)
+
+    def forward(self, x):
+        both = torch.stack([self.a(x), self.b(x)], 1 if self.interleave else 0)
+        return self.head(both.flatten(1, 2) if self.interleave else both.sum(0))
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_stacked_tensors_unite_their_channels(interleave):
+    model, x = randomize(StackedBranches(interleave)).eval(), torch.randn(2, 3, 8, 8)
+    small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
+    kept = small.meta["fxprune.plan"].to_dict()["modules"]
+    assert kept["a"]["out"] == kept["b"]["out"] and len(kept["a"]["out"]) == 4
+    assert small.head.in_channels == (8 if interleave else 4)

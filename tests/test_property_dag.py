@@ -5,8 +5,9 @@ two of them: convs (plain, grouped, depthwise, 1x1), batch norm, activations, re
 multiply, SE gating, channel concat, chunk (halves added, or swapped: pruned apart), uneven split, a view
 into two heads then chunked along the head dim or indexed by head, channel slices (strided ones freeze),
 channel shuffle, repeat, roll and flip, channel pad, ``torch.where`` on a comparison, a clamp bounded by
-another tensor's spatial means per channel, a masked fill, a conv sharing an earlier conv's weight, ``F.conv2d`` on an earlier conv's weight, a transposed conv, a linear layer over channels
-(permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
+another tensor's spatial means per channel, a masked fill, a stack with a lerp, a cat of one node holding
+the pieces, a conv sharing an earlier conv's weight, ``F.conv2d`` on an earlier conv's weight, a transposed
+conv, a linear layer over channels (permute - linear - permute), flatten -> linear, LayerNorm over channels, channel means (which mix
 channels and must freeze), pooling and upsampling. A head reads a random subset of the pool. Pruned
 with ``l1`` at a random ratio, per group or network-wide, optionally ``round_to``, and ``strict``
 (mixing groups frozen, so verify is exact).
@@ -25,7 +26,7 @@ from conftest import fuzz_examples, prune_and_check, randomize, rejecting_vacuou
 OPS = ["conv3", "conv1", "grouped", "depthwise", "bn", "relu", "add", "mul", "se", "cat", "chunk", "slice",
        "shuffle", "pad", "linear", "layernorm", "chanmean", "pool", "repeat", "roll", "flip", "split", "where",
        "stride", "upsample", "dense", "tied", "fconv", "upconv", "shift", "halves", "heads", "pick", "clamp",
-       "maskfill"]
+       "maskfill", "stack", "catpieces"]
 
 
 class RandomGraphNet(nn.Module):
@@ -69,7 +70,7 @@ class RandomGraphNet(nn.Module):
             out = ca
         elif op == "cat":
             out = ca + widths[b]
-        elif op in ("chunk", "shuffle", "halves", "pick") and ca % 2 or op == "heads" and ca % 4 or op in ("slice", "split") and ca <= 2:
+        elif op in ("chunk", "shuffle", "halves", "pick", "catpieces") and ca % 2 or op == "heads" and ca % 4 or op in ("slice", "split") and ca <= 2:
             return self._add(i, "relu", picks, w, widths)
         elif op in ("chunk", "heads", "pick"):
             out = ca // 2
@@ -89,7 +90,7 @@ class RandomGraphNet(nn.Module):
             out = ca - 1  # the larger part of sections (1, C - 1)
         elif op == "stride":
             out = (ca + 1) // 2
-        elif op in ("where", "clamp", "maskfill"):  # b's channels meet a's: projected to a's width
+        elif op in ("where", "clamp", "maskfill", "stack"):  # b's channels meet a's: projected to a's width
             if widths[b] != ca:
                 self.layers[name] = nn.Conv2d(widths[b], ca, 1)
             out = ca
@@ -111,7 +112,7 @@ class RandomGraphNet(nn.Module):
         elif op == "dense":  # flatten -> linear -> back to a 1x1 map: every channel owns H*W features
             self.layers[name] = nn.Linear(ca * 8 * 8, w)
             out = w
-        else:  # relu, shuffle, pool, chanmean, roll, flip, upsample, shift, halves
+        else:  # relu, shuffle, pool, chanmean, roll, flip, upsample, shift, halves, catpieces
             out = ca
         self.program.append((op, (a, b), name if name in self.layers else None))
         widths.append(out)
@@ -186,6 +187,11 @@ class RandomGraphNet(nn.Module):
             if op == "clamp":  # a per-channel bound computed from another tensor
                 return x.clamp(min=F.adaptive_avg_pool2d(y, 1))
             return x.masked_fill(y.abs() > 1, 0.0).pow(2)
+        if op == "stack":
+            y = layer(y) if layer is not None else y
+            return torch.stack([x, torch.lerp(x, y, 0.25)], 1).amax(1)
+        if op == "catpieces":  # one node holding the pieces: the halves swapped
+            return torch.cat(x.chunk(2, 1)[::-1], 1)
         if op == "upsample":
             return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
         if op == "dense":
