@@ -539,7 +539,7 @@ def _spatial_layout(an, node, lay: Layout) -> Layout:
                    *COMPARISONS)
 @REGISTRY.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__", "pow", "lerp",
                  "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_max", "masked_fill", "masked_fill_",
-                 "gt", "lt", "ge", "le", "eq", "ne")
+                 "gt", "lt", "ge", "le", "eq", "ne", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "where")
 def binary_rule(an, node):
     """Operands broadcast against each other; channels at the same output position are united.
 

@@ -1485,10 +1485,11 @@ class LikeAndLerp(nn.Module):
 
     def forward(self, x):
         y, z = self.a(x), self.b(x)
-        return self.head(torch.lerp(y, z, torch.sigmoid(z)) + torch.full_like(y, 0.5) * torch.ones_like(z))
+        w = torch.lerp(y, z, torch.sigmoid(z)) + torch.full_like(y, 0.5) * torch.ones_like(z)
+        return self.head(w.addcmul(y, z, value=0.1).where(z > 0, y))  # the methods unite their operands too
 
 
-def test_lerp_unites_its_operands_and_like_constructors_follow_their_input():
+def test_lerp_addcmul_and_where_methods_unite_their_operands_and_like_constructors_follow_their_input():
     model, x = randomize(LikeAndLerp()).eval(), torch.randn(2, 3, 8, 8)
     small, _ = prune_and_check(model, x, criterion="l1", ratio=0.5)
     kept = small.meta["fxprune.plan"].to_dict()["modules"]
