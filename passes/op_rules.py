@@ -677,9 +677,11 @@ def stack_rule(an, node):
     """``torch.stack`` of equally shaped tensors: channels at the same position are united (as ``a + b``
     would), and the new axis carries none of them (CrossViT's stacked branch tokens)."""
     layouts, _ = _pieces(an, _arg(node, 0, "tensors"))
-    if layouts is None or any(l is None for l in layouts):
-        if layouts is not None and all(l is None for l in layouts):
-            return None
+    if layouts is None:
+        return an.opaque(node, "stack of a sequence whose pieces cannot be followed")
+    if all(l is None for l in layouts):
+        return None  # no channels stacked
+    if any(l is None for l in layouts):
         return an.opaque(node, "stack of channels with untracked tensors")
     out = _broadcast_union(an, node, layouts)
     if out is None:
