@@ -355,13 +355,13 @@ def _rewrite_sizes(node, analysis, keep) -> None:
     count that changes (``c // 2`` on an axis of extent 1, a shuffle of two channels), it becomes the
     axis' count, which pruning does not change.
     """
+    if shape_given_whole(node):
+        return  # the analysis froze its channels unless the shape infers every channel axis and reads none
     old = list(node.meta["fxprune.shape"])
     new = _new_shape(node, analysis, keep)
     args = list(node.args)
     packed = len(args) == 2 and isinstance(args[1], (tuple, list))
     sizes = list(args[1]) if packed else args[1:]
-    if shape_given_whole(node):
-        return  # the analysis froze its channels unless the shape infers every channel axis and reads none
     if len(sizes) != len(old):
         if old == new:
             return
